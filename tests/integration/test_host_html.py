@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import SerialRun
 from support.chromium import drawn_fraction, render
 from support.expect import CACHE_FUNCTION, LEAK_FUNCTION, SAMPLE_SOURCE
+from support.session import SerialRun
 
 
 def test_html_report_renders_suspects_and_chart(native_serial: SerialRun, chromium: str, tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import HOST_TIMEOUT_S, LIVE_DUMPS, SERVER_SECONDS
 from support.expect import assert_leak_found
 from support.processes import free_port, is_listening, stop, wait_for
 from support.runs import HostRun, Target, start_leaky_server
+from support.session import HOST_TIMEOUT_S, LIVE_DUMPS, SERVER_SECONDS
 
 
 def test_listen_accepts_the_recorder_over_tcp(native: Target, tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import HOST_TIMEOUT_S, SerialRun
 from support.expect import assert_leak_found, describe
 from support.runs import membt_host_argv, run_host
+from support.session import HOST_TIMEOUT_S, SerialRun
 from support.wire import complete_dump_numbers, records
 
 

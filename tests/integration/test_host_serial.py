@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import HOST_TIMEOUT_S, SERVER_SECONDS, SerialRun, serial_session
 from support.expect import LEAK_FUNCTION, assert_leak_found, describe, find_suspect
 from support.processes import has_open, stop, wait_for
 from support.ptys import SocatConsole
 from support.runs import HostRun, Target, start_leaky_server
+from support.session import HOST_TIMEOUT_S, SERVER_SECONDS, SerialRun, serial_session
 from support.wire import complete_dump_numbers
 
 

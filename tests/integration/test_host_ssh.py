@@ -6,10 +6,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from conftest import HOST_TIMEOUT_S, LIVE_DUMPS, SERVER_SECONDS
 from support.expect import assert_leak_found
 from support.processes import stop
 from support.runs import HostRun, Target, start_leaky_server
+from support.session import HOST_TIMEOUT_S, LIVE_DUMPS, SERVER_SECONDS
 from support.sshd import SshServer
 from support.wire import complete_dump_numbers
 
@@ -36,12 +36,13 @@ def test_ssh_remote_file_with_space_and_quotes_in_its_path(native: Target, sshd:
 
 
 def test_ssh_remote_command_runs_the_recorded_program(native: Target, sshd: SshServer, tmp_path: Path) -> None:
-    """--remote-cmd: the dumps are whatever the remote command prints (here the program itself,
-    started on the board with the recorder writing to its standard output)."""
+    """--remote-cmd: the dumps are whatever the remote command prints. Here it starts the program on
+    the board with the recorder on its stderr (the default), sent down the ssh channel while the
+    program's own output is thrown away, like a daemon started from a login shell."""
     report, record = tmp_path / "report.json", tmp_path / "capture.raw"
-    env = native.recorder_env("stdout")
+    env = native.recorder_env("stderr")
     command = " ".join([*(f"{name}={shlex.quote(value)}" for name, value in env.items()),
-                        "exec", shlex.quote(str(native.leaky_server)), str(SERVER_SECONDS), "2>/dev/null"])
+                        "exec", shlex.quote(str(native.leaky_server)), str(SERVER_SECONDS), "2>&1", ">/dev/null"])
     host = HostRun([*sshd.host_args(), "--remote-cmd", command, "--dumps", str(LIVE_DUMPS), "--json", str(report),
                     "--record", str(record), "--sysroot", "/"], tmp_path)
     try:

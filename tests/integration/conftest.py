@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from support.runs import Target, armhf_target, native_target
 from support.session import SerialRun, serial_session
 from support.sshd import SSHD, SshServer, running_sshd

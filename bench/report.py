@@ -1,0 +1,328 @@
+"""Render the results (as run.py collected them) as markdown, each figure beside its target."""
+
+from __future__ import annotations
+
+# Targets from issue 4; anchors are the figures the issue quotes for other tools on such a workload.
+TARGET_FP = 1.5
+TARGET_NOFP = 3.0
+TARGET_BYTES_64 = 32
+TARGET_BYTES_32 = 20
+TARGET_DUMP_S = 0.5
+TARGET_PARSE_MBS = 20.0
+TARGET_SYMBOLIZE_COLD_S = 2.0
+TARGET_SYMBOLIZE_CACHED_S = 0.1  # "near zero": we count a tenth of a second or less as met
+ANCHORS = {"lsan": "anchor ~2x", "heaptrack": "anchor ~4.5x", "valgrind": "no anchor"}
+
+MIB = 1024 * 1024
+
+
+def at_most(value: float, target: float, unit: str = "x") -> str:
+    if value <= target:
+        return f"met ({value:.2f}{unit} ≤ {target:g}{unit}, {100 * (1 - value / target):.0f}% under)"
+    return f"**missed by {100 * (value / target - 1):.0f}%** ({value:.2f}{unit} > {target:g}{unit})"
+
+
+def at_least(value: float, target: float, unit: str) -> str:
+    if value >= target:
+        return f"met ({value:.1f} {unit} ≥ {target:g} {unit}, {value / target:.1f}× the target)"
+    return f"**missed by {100 * (1 - value / target):.0f}%** ({value:.1f} {unit} < {target:g} {unit})"
+
+
+def _mmm(stat: list | tuple | None, fmt: str = "{:.3f}", scale: float = 1.0) -> str:
+    if not stat:
+        return "–"
+    med, lo, hi = (v / scale for v in stat)
+    return f"{fmt.format(med)} ({fmt.format(lo)}–{fmt.format(hi)})"
+
+
+def _quality(results: dict) -> dict[tuple[str, str], dict]:
+    return {(q["build"], q["backend"]): q for q in results.get("stacks", [])}
+
+
+def _complete_text(q: dict | None) -> str:
+    if not q:
+        return "–"
+    if q.get("error"):
+        return f"error: {q['error'][:60]}"
+    return f"{q['complete']}/{q['stacks']}"
+
+
+def _is_complete(q: dict | None) -> bool:
+    return bool(q) and not q.get("error") and q.get("stacks", 0) > 0 and q["complete"] == q["stacks"]
+
+
+def _row_target(row: dict, quality: dict) -> tuple[str, str]:
+    """(target text, verdict) for one timed row."""
+    ratio = row["ratio"][0] if row["ratio"] else None
+    if row["tool"] == "membt" and ratio is not None:
+        target = TARGET_FP if row["build"] == "fp" else TARGET_NOFP
+        verdict = at_most(ratio, target)
+        if row["build"] == "nofp" and not _is_complete(quality.get((row["build"], row["backend"]))):
+            verdict += "; stacks incomplete"
+        return f"≤ {target:g}x", verdict
+    return ANCHORS.get(row["tool"], ""), ""
+
+
+def _rows_table(rows: list[dict], quality: dict, threads: int, qemu: bool) -> list[str]:
+    out = [
+        (
+            "| row | build | wall s, median (min–max) | slowdown, median (min–max) | target | verdict "
+            "| peak RSS MiB | RSS over baseline MiB | recorder budget_used MiB | complete stacks |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["threads"] != threads:
+            continue
+        target, verdict = ("", "") if qemu else _row_target(row, quality)
+        if row["failures"] and not row["samples"]:
+            verdict = f"failed: {row['failures'][0][:80]}"
+        elif row["failures"]:
+            verdict += f" ({len(row['failures'])} runs failed)"
+        budget = f"{row['budget_used'] / MIB:.2f}" if row.get("budget_used") is not None else "–"
+        build_key = row["build"]
+        complete = _complete_text(quality.get((build_key, row["backend"]))) if row["tool"] == "membt" else ""
+        label = row["label"]
+        if row["tool"] == "valgrind":
+            label += "; slowdown against plain-fp-reduced"
+        out.append(
+            f"| {row['key']} | {row['build']} | {_mmm(row['wall_s'])} | {_mmm(row['ratio'], '{:.2f}')}"
+            f" | {target} | {verdict} | {_mmm(row['maxrss_kib'], '{:.1f}', 1024)}"
+            f" | {_mmm(row['extra_rss_kib'], '{:.1f}', 1024)} | {budget} | {complete} |"
+        )
+        out[-1] = out[-1].replace(f"| {row['key']} |", f"| {row['key']} ({label}) |", 1)
+    return out
+
+
+def _find(rows: list[dict], key: str, threads: int) -> dict | None:
+    for row in rows:
+        if row["key"] == key and row["threads"] == threads and row["ratio"]:
+            return row
+    return None
+
+
+def _summary(results: dict) -> list[str]:
+    quality = _quality(results)
+    x86 = results["x86_64"]
+    out = ["| target (issue 4) | measured | verdict |", "|---|---|---|"]
+    for threads in results["settings"]["threads"]:
+        membt_rows = [r for r in x86 if r["tool"] == "membt" and r["threads"] == threads and r["ratio"]]
+        for build_name, target, what in (
+            ("fp", TARGET_FP, "with frame pointers"),
+            ("nofp", TARGET_NOFP, "without frame pointers, complete stacks"),
+        ):
+            default = _find(x86, f"membt-{build_name}-default", threads)
+            candidates = [
+                r
+                for r in membt_rows
+                if r["build"] == build_name
+                and (build_name == "fp" or _is_complete(quality.get((build_name, r["backend"]))))
+            ]
+            best = min(candidates, key=lambda r: r["ratio"][0]) if candidates else None
+            if default is None:
+                out.append(f"| membt ≤ {target:g}x {what}, {threads} thread(s) | not measured | – |")
+                continue
+            figure = f"default backend {default['ratio'][0]:.2f}x"
+            if best is not None and best is not default:
+                figure += f"; best complete backend `{best['backend']}` {best['ratio'][0]:.2f}x"
+            verdict = at_most(default["ratio"][0], target)
+            if build_name == "nofp":
+                if not _is_complete(quality.get(("nofp", "default"))):
+                    verdict += "; default backend's stacks incomplete"
+                heaptrack = _find(x86, "heaptrack-nofp", threads)
+                if heaptrack is not None:
+                    ahead = default["ratio"][0] < heaptrack["ratio"][0]
+                    figure += f"; heaptrack -r {heaptrack['ratio'][0]:.2f}x"
+                    verdict += "; ahead of heaptrack -r" if ahead else "; **not ahead of heaptrack -r**"
+            out.append(f"| membt ≤ {target:g}x {what}, {threads} thread(s) | {figure} | {verdict} |")
+    for mem in results.get("memory", []):
+        target = TARGET_BYTES_32 if mem.get("ptr_bits") == 32 or mem["build"] == "armhf" else TARGET_BYTES_64
+        bits = 32 if target == TARGET_BYTES_32 else 64
+        if mem.get("error") or "budget_bytes_per_block" not in mem:
+            out.append(f"| ≤ {target} B per live block, {bits}-bit | {mem.get('error', 'not measured')} | – |")
+            continue
+        figure = (
+            f"{mem['budget_bytes_per_block']:.1f} B/block from budget_used "
+            f"(RSS: {mem.get('rss_bytes_per_block', 0):.1f} B/block incl. stacks)"
+        )
+        out.append(
+            f"| ≤ {target} B per live block, {bits}-bit | {figure} | "
+            f"{at_most(mem['budget_bytes_per_block'], target, ' B')} |"
+        )
+        inside = mem.get("dropped_blocks") == 0 and mem.get("budget_used", 0) <= mem.get("budget_total", 0)
+        out.append(
+            f"| {mem['live']:,} live blocks inside the stated budget, {bits}-bit | "
+            f"budget_total {mem['budget_total'] / MIB:.0f} MiB, used {mem['budget_used'] / MIB:.1f} MiB, "
+            f"tracked {mem['live_blocks']:,}, dropped {mem['dropped_blocks']:,} | "
+            f"{'met' if inside else '**missed**'} |"
+        )
+    for dump in results.get("dump_size", []):
+        if dump.get("error") or "bytes" not in dump:
+            continue
+        where = "armhf" if dump["qemu"] else f"x86_64 {dump['build']}"
+        out.append(
+            f"| default dump (top={dump['top']}, depth={dump['depth']}) < {TARGET_DUMP_S} s at 115200 baud, "
+            f"{where} | {dump['bytes']:,} B = {dump['seconds_at_115200']:.3f} s | "
+            f"{at_most(dump['seconds_at_115200'], TARGET_DUMP_S, ' s')} |"
+        )
+    host = results.get("host", {})
+    parse = host.get("parse", {})
+    if "mb_per_s_median" in parse:
+        out.append(
+            f"| parse ≥ {TARGET_PARSE_MBS:g} MB/s of wire text | {parse['mb_per_s_median']:.1f} MB/s "
+            f"| {at_least(parse['mb_per_s_median'], TARGET_PARSE_MBS, 'MB/s')} |"
+        )
+    sym = host.get("symbolize", {})
+    if "cold_s" in sym:
+        out.append(
+            f"| symbolize 10,000 addresses < {TARGET_SYMBOLIZE_COLD_S:g} s cold | {sym['cold_s']:.2f} s "
+            f"| {at_most(sym['cold_s'], TARGET_SYMBOLIZE_COLD_S, ' s')} |"
+        )
+        out.append(
+            f"| ... near zero cached | {sym['cached_s']:.4f} s "
+            f"| {at_most(sym['cached_s'], TARGET_SYMBOLIZE_CACHED_S, ' s')} |"
+        )
+    return out
+
+
+def _quality_table(results: dict) -> list[str]:
+    out = [
+        (
+            "| build | backend | stacks listed | frames per stack (median) | complete (≥ 14 frames in the workload) |"
+            " truncated at depth |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    for q in results.get("stacks", []):
+        if q.get("error"):
+            out.append(f"| {q['build']} | {q['backend']} | error: {q['error'][:100]} | | | |")
+            continue
+        out.append(
+            f"| {q['build']} | {q['backend']} | {q['stacks']} | {q['median_frames']:g} | "
+            f"{q['complete']}/{q['stacks']} | {q['truncated_stacks']} (depth {q['depth']}) |"
+        )
+    return out
+
+
+def _memory_table(results: dict) -> list[str]:
+    out = [
+        (
+            "| build | live blocks | budget_used | budget_used, 1,000 blocks | budget B/block | block_cap "
+            "| budget_total | RSS uninstrumented | RSS membt | RSS B/block | dropped blocks |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in results.get("memory", []):
+        if m.get("error"):
+            out.append(f"| {m['build']} | {m['live']:,} | error: {m['error'][:100]} |||||||||")
+            continue
+        out.append(
+            f"| {m['build']}{' (qemu-arm)' if m['qemu'] else ''} | {m['live_blocks']:,} "
+            f"| {m['budget_used'] / MIB:.1f} MiB | {m['budget_used_small'] / MIB:.2f} MiB "
+            f"| {m.get('budget_bytes_per_block', 0):.1f} | {m['block_cap']:,} | {m['budget_total'] / MIB:.0f} MiB "
+            f"| {m['rss_plain_kib'] / 1024:.1f} MiB | {m['rss_membt_kib'] / 1024:.1f} MiB "
+            f"| {m.get('rss_bytes_per_block', 0):.1f} | {m['dropped_blocks']:,} |"
+        )
+    return out
+
+
+def _dump_table(results: dict) -> list[str]:
+    out = ["| program | threads | bytes | lines | modules | stacks | at 115200 baud |", "|---|---|---|---|---|---|---|"]
+    for d in results.get("dump_size", []):
+        if d.get("error") or "bytes" not in d:
+            out.append(f"| {d['build']} | {d['threads']} | error: {d.get('error', '')[:100]} |||||")
+            continue
+        out.append(
+            f"| {d['build']}{' (qemu-arm)' if d['qemu'] else ''} | {d['threads']} | {d['bytes']:,} "
+            f"| {d['lines']} | {d['modules']} | {d['stacks']} | {d['seconds_at_115200']:.3f} s |"
+        )
+    return out
+
+
+def _host_lines(results: dict) -> list[str]:
+    host = results.get("host", {})
+    out = []
+    parse = host.get("parse", {})
+    if "mb_per_s_median" in parse:
+        out.append(
+            f"- Parse: {parse['bytes'] / 1e6:.1f} MB synthetic capture ({parse['dumps']:,} copies of a "
+            f"{parse['lines_per_dump']}-line dump from {parse['origin']}, renumbered, checksums recomputed), "
+            f"fed in 64 KiB chunks: median {parse['mb_per_s_median']:.1f} MB/s "
+            f"(best {parse['mb_per_s_best']:.1f} MB/s, {parse['lines_per_s_median']:,.0f} lines/s); "
+            f"every dump came out complete."
+        )
+    else:
+        out.append(f"- Parse: {parse.get('skipped') or parse.get('error') or 'not measured'}")
+    sym = host.get("symbolize", {})
+    if "cold_s" in sym:
+        out.append(
+            f"- Symbolize: {sym['addresses']:,} distinct addresses in one module ({sym['module']}, "
+            f"{sym['functions']:,} functions): cold {sym['cold_s']:.2f} s, cached {sym['cached_s']:.4f} s; "
+            f"{sym['named']:,} resolved to the right function name."
+        )
+    else:
+        out.append(f"- Symbolize: {sym.get('skipped') or sym.get('error') or 'not measured'}")
+    return out
+
+
+def render(results: dict) -> str:
+    s = results["settings"]
+    quality = _quality(results)
+    lines = [
+        "# membt benchmark results",
+        "",
+        (
+            f"Run {results['started_utc']} → {results['finished_utc']} on {results['machine']['cpu']} "
+            f"({results['machine']['cores']} cores, shared; load average at the end "
+            f"{' '.join(f'{x:.2f}' for x in results['machine']['loadavg_end'])}), commit `{results['commit']}`."
+        ),
+        (
+            f"{s['rounds']} rounds{' (--quick)' if s['quick'] else ''}; each round runs every row once, in an order "
+            f"rotated each round; slowdown = wall time / the baseline row's wall time in the same round; "
+            f"figures are medians with min–max. Workload: {s['ops']:,} operations per thread, {s['live']:,} live "
+            f"blocks, whole-process wall time (fork to reap), peak RSS from os.wait4."
+        ),
+        "",
+        "## Targets",
+        "",
+        *_summary(results),
+        "",
+    ]
+    for threads in s["threads"]:
+        lines += [f"## x86_64, {threads} thread(s)", "", *_rows_table(results["x86_64"], quality, threads, False), ""]
+    lines += [
+        "## Stack completeness per backend",
+        "",
+        (
+            "One run per backend with every stack listed (`MEMBT_TOP=100000`); a stack is complete when it holds "
+            "the whole 12-level chain (≥ 14 frames inside the workload executable)."
+        ),
+        "",
+        *_quality_table(results),
+        "",
+    ]
+    lines += [
+        "## Recorder memory per live block",
+        "",
+        (
+            "`--ops 0 --live N`: budget B/block = (budget_used at N − budget_used at 1,000 blocks) / (blocks "
+            "difference); RSS B/block = (RSS with membt − RSS uninstrumented) / N, which also counts the "
+            "interned stacks, the library and the reporter thread."
+        ),
+        "",
+        *_memory_table(results),
+        "",
+    ]
+    lines += ["## Dump size (defaults: MEMBT_TOP, MEMBT_DEPTH unset)", "", *_dump_table(results), ""]
+    if results.get("armhf_qemu"):
+        lines += [
+            (f"## armhf under qemu-arm (informational: emulation distorts absolute figures; ops/{s['qemu_divisor']})"),
+            "",
+        ]
+        for threads in s["threads"]:
+            lines += [f"{threads} thread(s):", "", *_rows_table(results["armhf_qemu"], quality, threads, True), ""]
+    lines += ["## Host side", "", *_host_lines(results), ""]
+    if results.get("skipped"):
+        lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()] + [""]
+    lines += ["## Workload builds", ""] + [f"- `{k}`: `{v}`" for k, v in results.get("compile", {}).items()] + [""]
+    return "\n".join(lines)

@@ -78,11 +78,24 @@ def build_recorder(run_scons: bool) -> Recorder:
             if result.returncode != 0:
                 rec.skipped[target] = "scons " + " ".join(args) + " failed: " + result.stderr.strip()[-300:]
                 continue
-        if lib.exists():
+        if lib.exists() and not _exports(lib, "membt_init"):
+            rec.skipped[target] = f"{lib.relative_to(REPO)} does not export membt_init (recorder not written yet?)"
+        elif lib.exists():
             rec.lib[target] = lib
         elif target not in rec.skipped:
             rec.skipped[target] = f"{lib.relative_to(REPO)} not built (no SConstruct yet, or scons failed)"
     return rec
+
+
+def _exports(lib: Path, symbol: str) -> bool:
+    """Whether the shared library defines symbol in its dynamic symbol table."""
+    from elftools.elf.elffile import ELFFile
+
+    with lib.open("rb") as f:
+        dynsym = ELFFile(f).get_section_by_name(".dynsym")
+        if dynsym is None:
+            return False
+        return any(s.name == symbol and s["st_shndx"] != "SHN_UNDEF" for s in dynsym.iter_symbols())
 
 
 def _git_head() -> str:

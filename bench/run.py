@@ -38,6 +38,24 @@ QEMU_DIVISOR = 20
 CHAIN_FRAMES = 14  # alloc_leaf + 12 chain levels + allocate_via_chain, all in the workload itself
 
 
+DEFAULT_OUT = build.BENCH / "results"
+README_BEGIN = "<!-- latest results: written by bench/run.py after a full run -->"
+README_END = "<!-- end of latest results -->"
+
+
+def update_readme(markdown: str) -> None:
+    """Put a full run's results into bench/README.md between the two markers."""
+    readme = build.BENCH / "README.md"
+    text = readme.read_text()
+    head, found, rest = text.partition(README_BEGIN)
+    _, found_end, tail = rest.partition(README_END)
+    if not found or not found_end:
+        print("bench/README.md has no results markers; not updated", file=sys.stderr)
+        return
+    body = markdown.replace("# membt benchmark results", "### Latest full run", 1).replace("\n## ", "\n#### ")
+    readme.write_text(head + README_BEGIN + "\n" + body.strip() + "\n" + README_END + tail)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="2 rounds, fewer operations: for development")
@@ -51,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="never apt-get install missing tools")
     p.add_argument("--no-scons", action="store_true", help="use build/*/lib/libmembt.so as it is")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before one run is killed")
-    p.add_argument("--out", type=Path, default=build.BENCH / "results", help="where latest.md/json go")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where latest.md/json go (default bench/results)")
     args = p.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.ops = args.ops or (300_000 if args.quick else 2_000_000)
@@ -358,6 +376,8 @@ def main() -> int:
     (args.out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     markdown = report.render(results)
     (args.out / "latest.md").write_text(markdown)
+    if not args.quick and args.out == DEFAULT_OUT:
+        update_readme(markdown)
     print(markdown)
     return 0
 

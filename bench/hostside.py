@@ -200,14 +200,54 @@ def synthetic_symbol_dump(lib: Path, functions: dict[int, str], lo: int, hi: int
     return b"".join(out)
 
 
-def symbolize_time(repo: Path, out_dir: Path, quick: bool) -> dict:
-    if not (repo / "hostpy" / "membt_host" / "symbolize.py").exists():
-        return {"skipped": "hostpy/membt_host/symbolize.py not written yet"}
-    return {"skipped": "symbolize benchmark not wired to the symbolize API yet"}
+def symbolize_time(repo: Path, out_dir: Path) -> dict:
+    """10,000 distinct addresses in one module through membt_host.symbolize: a new Symbolizer (cold:
+    finding the copy by build-id, one addr2line run), then the same dump again (cached)."""
+    _import_host(repo)
+    try:
+        from membt_host.protocol import Parser
+        from membt_host.symbolize import Symbolizer
+    except ImportError as exc:
+        return {"skipped": f"membt_host.symbolize not importable: {exc}"}
+    lib = build_symbol_module(out_dir)
+    functions, lo, hi, build_id = _module_facts(lib)
+    text = synthetic_symbol_dump(lib, functions, lo, hi, build_id)
+
+    def parsed() -> object:
+        parser = Parser()
+        dumps = parser.feed(text) + parser.close()
+        return dumps[0]
+
+    cold, cached, named = [], [], 0
+    for _ in range(3):
+        symbolizer = Symbolizer(symbol_dirs=[lib.parent])
+        dump = parsed()
+        start = time.perf_counter()
+        first = symbolizer.symbolize(dump)
+        cold.append(time.perf_counter() - start)
+        dump = parsed()  # the next dump of the same program: same stacks, new objects
+        start = time.perf_counter()
+        symbolizer.symbolize(dump)
+        cached.append(time.perf_counter() - start)
+        named = sum(
+            1 for stack in first.values() for frame in stack.frames if frame.function == functions.get(frame.offset)
+        )
+        if symbolizer.problems:
+            return {"error": "; ".join(symbolizer.problems)[:500]}
+    return {
+        "module": f"build/bench/symbols/{lib.name}",
+        "functions": len(functions),
+        "addresses": len(functions),
+        "named": named,
+        "cold_runs_s": cold,
+        "cached_runs_s": cached,
+        "cold_s": statistics.median(cold),
+        "cached_s": statistics.median(cached),
+    }
 
 
 def run_all(repo: Path, out_dir: Path, sample: bytes, origin: str, quick: bool) -> dict:
     return {
         "parse": parse_throughput(repo, sample, origin, quick),
-        "symbolize": symbolize_time(repo, out_dir, quick),
+        "symbolize": symbolize_time(repo, out_dir),
     }

@@ -10,7 +10,13 @@ from support.expect import LEAK_FUNCTION, assert_leak_found, describe, find_susp
 from support.processes import has_open, stop, wait_for
 from support.ptys import SocatConsole
 from support.runs import HostRun, Target, start_leaky_server
-from support.session import HOST_TIMEOUT_S, SERVER_SECONDS, SerialRun, serial_session
+from support.session import (
+    HOST_TIMEOUT_S,
+    LIVE_DUMPS,
+    SERVER_SECONDS,
+    SerialRun,
+    serial_session,
+)
 from support.wire import complete_dump_numbers
 
 
@@ -18,11 +24,17 @@ def test_serial_pty_ranks_the_strdup_leak_first_and_the_cache_stable(native_seri
     assert_leak_found(native_serial.result.report)
 
 
-def test_serial_pty_reports_every_dump_it_waited_for(native_serial: SerialRun) -> None:
+def test_serial_pty_loses_nothing_on_a_clean_line(native_serial: SerialRun) -> None:
+    """Every dump the board wrote while the host listened arrives whole: none corrupt, none incomplete,
+    and the host stopped after exactly --dumps complete dumps, in order."""
     report = native_serial.result.report
     captured = complete_dump_numbers(native_serial.record.read_bytes())
-    assert len(captured) >= 10, f"the capture holds only dumps {captured}"
-    assert report["dumps"]["count"] >= 10, report["dumps"]
+    assert captured[:LIVE_DUMPS] == list(range(1, LIVE_DUMPS + 1)), f"the capture holds dumps {captured}"
+    assert report["dumps"]["count"] == LIVE_DUMPS, report["dumps"]
+    assert [d["number"] for d in report["dumps"]["totals"]] == captured[:LIVE_DUMPS]
+    problems = report["problems"]
+    assert problems["corrupt_lines"] == 0 and problems["incomplete_dumps"] == 0, problems
+    assert problems["symbols"] == [], problems
 
 
 def test_serial_pty_under_qemu_arm(armhf: Target, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from .runs import HostResult, HostRun, Target, start_leaky_server
 
 # Complete dumps each live run waits for: enough points for a trend (the cache has filled and stays
 # flat, the leak keeps rising) at MEMBT_INTERVAL=0.5.
-LIVE_DUMPS = 10
+LIVE_DUMPS = 12
 # How long leaky-server keeps running: far more than LIVE_DUMPS intervals; it is stopped as soon as
 # membt-host is done, so this only bounds a run whose host never finishes.
 SERVER_SECONDS = 60

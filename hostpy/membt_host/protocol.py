@@ -198,6 +198,7 @@ class Parser:
             "noise_lines": 0,
             "complete_dumps": 0,
             "incomplete_dumps": 0,
+            "unfinished_lines": 0,
         }
         self.noise: deque[str] = deque(maxlen=NOISE_KEEP)
         self._buf = bytearray()  # the current line so far (bounded by _compress)
@@ -235,13 +236,23 @@ class Parser:
             self._compress()
         return closed
 
+    @property
+    def idle(self) -> bool:
+        """Between dumps and at the start of a line: a good moment to cut the byte stream."""
+        return self._open is None and not self._buf and self._long_noise is None and not self._line_had_record
+
     def close(self) -> list[Dump]:
-        """End of input: a partial last line is taken as a line, an open dump closes incomplete."""
+        """End of input: a last line without newline is taken if it is whole (one cut short by the
+        end of input is counted as unfinished_lines, not corrupt); an open dump closes incomplete."""
         closed: list[Dump] = []
         if self._buf or self._long_noise is not None or self._line_had_record:
             line = bytes(self._buf)
             self._buf.clear()
+            corrupt_before = self.stats["corrupt_lines"]
             self._end_line(line, closed)
+            if self.stats["corrupt_lines"] > corrupt_before:  # the last record was cut by the end of input
+                self.stats["corrupt_lines"] -= 1
+                self.stats["unfinished_lines"] += 1
         if self._open is not None:
             closed.append(self._finish("no end record (input ended)"))
         return closed

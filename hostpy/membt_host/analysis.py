@@ -1,0 +1,279 @@
+"""Per call stack across dumps: live and old bytes over time, classified as growing (a leak),
+stable (filled up, then flat: a cache or pool), transient (nothing old) and ranked by evidence.
+
+A call stack is the same suspect in every dump and every run of the program: it is keyed by the
+module identity and link-time offset of its frames (SymStack.key), never by recorder id or address.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from membt_host.protocol import Dump, Group
+from membt_host.symbolize import Frame, SymStack
+
+GROWING, STABLE, TRANSIENT, MAYBE_LEAK = "growing", "stable", "transient", "maybe_leak"
+MIN_TREND_POINTS = 3  # fewer complete dumps than this tell no trend
+MAX_DISCORDANT = 0.25  # a rising series may fall back between this share of its pairs of points
+MAX_POINTS = 4096  # per series; older halves are thinned beyond this (sessions last days)
+MAX_MESSAGES = 200
+
+
+@dataclass(frozen=True)
+class Point:
+    t: float  # seconds on the session's timeline (see Analysis._timeline)
+    live_bytes: int
+    live_blocks: int
+    old_blocks: int
+    old_bytes: int
+    process: int  # index of the program run the point belongs to
+
+
+@dataclass
+class DumpTotals:
+    number: int
+    pid: int | None
+    t: float
+    up_ms: int
+    live_blocks: int
+    live_bytes: int
+    old_blocks: int
+    old_bytes: int
+    dropped_blocks: int
+    dropped_stacks: int
+    truncated_stacks: int
+    unknown_frees: int
+    budget_used: int
+    budget_total: int
+    groups: int
+    groups_total: int
+
+
+@dataclass
+class Suspect:
+    key: tuple
+    frames: tuple[Frame, ...]
+    truncated: bool
+    series: list[Point] = field(default_factory=list)
+    threads: set[str] = field(default_factory=set)
+    dumps_seen: int = 0
+    oldest_age_ms: int = 0  # at its latest appearance
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    # filled in by classify()
+    klass: str = TRANSIENT
+    growth_bytes_per_min: float = 0.0
+
+    @property
+    def latest(self) -> Point:
+        return self.series[-1]
+
+    def current_run(self) -> list[Point]:
+        """The points of the program run in which the suspect was last seen."""
+        process = self.latest.process
+        run: list[Point] = []
+        for point in reversed(self.series):
+            if point.process != process:
+                break
+            run.append(point)
+        return run[::-1]
+
+    def classify(self) -> None:
+        run = self.current_run()
+        self.growth_bytes_per_min = round(slope([p.t for p in run], [p.live_bytes for p in run]) * 60.0, 1)
+        has_old = self.latest.old_blocks > 0
+        if not has_old:
+            self.klass = TRANSIENT
+        elif len(run) < MIN_TREND_POINTS:
+            self.klass = MAYBE_LEAK  # the seed's rule alone: old blocks, too few dumps for a trend
+        elif is_rising(run):
+            self.klass = GROWING
+        else:
+            self.klass = STABLE
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (0 when it is not defined)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx <= 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+
+
+def rises(values: list[int]) -> bool:
+    """Keeps rising: up from first to last, and few pairs of points in falling order (Kendall)."""
+    if len(values) < 2 or values[-1] <= values[0]:
+        return False
+    up = down = 0
+    for i, a in enumerate(values):
+        for b in values[i + 1 :]:
+            up += b > a
+            down += b < a
+    return up >= 2 and down <= MAX_DISCORDANT * (up + down)
+
+
+def is_rising(run: list[Point]) -> bool:
+    """A leak still leaking: the recent half of the run rises, in live bytes and in old bytes
+    (a cache that filled up has flat live bytes; its old blocks are replaced, not added)."""
+    tail = run[-max(MIN_TREND_POINTS, math.ceil(len(run) / 2)) :]
+    return rises([p.live_bytes for p in tail]) and rises([p.old_bytes for p in tail])
+
+
+def _thin(series: list[Point]) -> None:
+    """Halve the density of the older half so a series stays within MAX_POINTS."""
+    half = len(series) // 2
+    series[:half] = series[:half:2]
+
+
+@dataclass
+class Problems:
+    corrupt_lines: int
+    unknown_version_lines: int
+    noise_lines: int
+    incomplete_dumps: int  # closed without every line (damage, a lost connection, a late start)
+    unfinished_dumps: int  # still being received when reading stopped
+    messages: list[str]  # the latest, about incomplete dumps
+    symbols: list[str]  # missing, mismatched or stripped binaries, missing addr2line
+
+
+@dataclass
+class Summary:
+    """What every reporter renders: the analysis at one moment."""
+
+    suspects: list[Suspect]  # ranked
+    dumps: list[DumpTotals]  # complete dumps, oldest first
+    complete_dumps: int
+    problems: Problems
+
+
+class Analysis:
+    """Fed one dump at a time (with its symbolized stacks); asked for a Report at any moment."""
+
+    def __init__(self) -> None:
+        self.suspects: dict[tuple, Suspect] = {}
+        self.dumps: list[DumpTotals] = []
+        self.complete_dumps = 0
+        self.incomplete_dumps = 0
+        self.unfinished_dumps = 0
+        self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
+        self._processes: dict[int | None, tuple[int, float, float]] = {}  # pid -> (index, offset, last up)
+        self._process_count = 0
+        self._now = 0.0  # the latest time on the timeline
+
+    def add(self, dump: Dump, stacks: dict[int, SymStack]) -> None:
+        if not dump.complete:
+            self.incomplete_dumps += 1
+            self.messages.extend(dump.problems)
+            return
+        self.complete_dumps += 1
+        process, t = self._timeline(dump)
+        c = dump.counters
+        self.dumps.append(
+            DumpTotals(
+                dump.number,
+                dump.pid,
+                t,
+                int(dump.begin.get("up_ms", 0)),
+                *(int(c.get(k, 0)) for k in ("live_blocks", "live_bytes", "old_blocks", "old_bytes")),
+                *(int(c.get(k, 0)) for k in ("dropped_blocks", "dropped_stacks", "truncated_stacks", "unknown_frees")),
+                int(c.get("budget_used", 0)),
+                int(c.get("budget_total", 0)),
+                len(dump.groups),
+                int(dump.end.get("groups_total", len(dump.groups))),
+            )
+        )
+        if len(self.dumps) > MAX_POINTS:
+            half = len(self.dumps) // 2
+            self.dumps[:half] = self.dumps[:half:2]
+
+        merged: dict[tuple, tuple[SymStack, list[Group]]] = {}
+        for group in dump.groups:
+            stack = stacks.get(group.stack_id)
+            if stack is not None:  # a complete dump holds every stack its groups name
+                merged.setdefault(stack.key, (stack, []))[1].append(group)
+        for key, (stack, groups) in merged.items():
+            suspect = self.suspects.get(key)
+            if suspect is None:
+                suspect = self.suspects[key] = Suspect(key, stack.frames, stack.truncated, first_seen=t)
+            point = Point(
+                t,
+                sum(g.live_bytes for g in groups),
+                sum(g.live_blocks for g in groups),
+                sum(g.old_blocks for g in groups),
+                sum(g.old_bytes for g in groups),
+                process,
+            )
+            self._append(suspect, point)
+            suspect.dumps_seen += 1
+            suspect.last_seen = t
+            suspect.oldest_age_ms = max(g.oldest_age_ms for g in groups)
+            suspect.threads.update(g.thread or "-" for g in groups)
+            suspect.truncated = suspect.truncated or stack.truncated
+        if len(dump.groups) >= int(dump.end.get("groups_total", 0)):
+            # every stack with live blocks was listed: the others of this run hold nothing now
+            for key, suspect in self.suspects.items():
+                if key not in merged and suspect.series and suspect.latest.process == process:
+                    self._append(suspect, Point(t, 0, 0, 0, 0, process))
+
+    @staticmethod
+    def _append(suspect: Suspect, point: Point) -> None:
+        suspect.series.append(point)
+        if len(suspect.series) > MAX_POINTS:
+            _thin(suspect.series)
+
+    def _timeline(self, dump: Dump) -> tuple[int, float]:
+        """Each program run keeps its own clock (up_ms); a new run (new pid, or a clock that went
+        back) starts on the session timeline where the latest dump so far was."""
+        pid = dump.pid
+        up = int(dump.begin.get("up_ms", 0)) / 1000.0
+        known = self._processes.get(pid)
+        if known is None or up < known[2]:
+            # a later run starts one dump interval after the latest dump seen so far
+            gap = int(dump.begin.get("interval_ms", 1000)) / 1000.0 if self._process_count else 0.0
+            self._process_count += 1
+            known = (self._process_count, self._now + gap - up, up)
+        index, offset, _ = known
+        self._processes[pid] = (index, offset, up)
+        t = round(offset + up, 3)
+        self._now = max(self._now, t)
+        return index, t
+
+    def add_unfinished(self, dump: Dump) -> None:
+        """A dump still being received when reading stopped: not damage, but said."""
+        self.unfinished_dumps += 1
+        self.messages.append(f"{dump.label()}: reading stopped before its end record; not used")
+
+    def summary(self, parser_stats: dict[str, int], symbol_problems: list[str]) -> Summary:
+        return Summary(
+            suspects=self.ranked(),
+            dumps=list(self.dumps),
+            complete_dumps=self.complete_dumps,
+            problems=Problems(
+                corrupt_lines=parser_stats.get("corrupt_lines", 0),
+                unknown_version_lines=parser_stats.get("unknown_version_lines", 0),
+                noise_lines=parser_stats.get("noise_lines", 0),
+                incomplete_dumps=self.incomplete_dumps,
+                unfinished_dumps=self.unfinished_dumps,
+                messages=list(self.messages),
+                symbols=list(symbol_problems),
+            ),
+        )
+
+    def ranked(self) -> list[Suspect]:
+        """Growing first (fastest first), then the rest by old bytes, then live bytes."""
+        suspects = list(self.suspects.values())
+        for suspect in suspects:
+            suspect.classify()
+
+        def order(s: Suspect) -> tuple:
+            if s.klass == GROWING:
+                return (0, -s.growth_bytes_per_min, -s.latest.old_bytes, repr(s.key))
+            return (1, -s.latest.old_bytes, -s.latest.live_bytes, repr(s.key))
+
+        return sorted(suspects, key=order)

@@ -1,0 +1,108 @@
+/* The memory budget: one mmap (MAP_NORESERVE, pages are used only as tables fill) taken once and
+ * carved into every table. Never the traced heap, never malloc.
+ *
+ * Split of a budget of B bytes at MEMBT_DEPTH d (also stated in membt.h):
+ *   stack_cap   = largest power of two <= B / 1024, within 64 .. 1048576   (64 MiB -> 65536)
+ *   stack index = 2 * stack_cap ids of 4 bytes (load <= 1/2 keeps lock-free lookups short)
+ *   frame pool  = stack_cap * d frames, at most B / 4 bytes                   (64 MiB -> 8 MiB)
+ *   per stack   = one record + one age-scan slot (64 B on 64-bit, 48 B on 32-bit), stack_cap + 1
+ *   blocks      = the rest: slots of 24 B (16 B on 32-bit) in 64 shards, each filled to at most
+ *                 4/5, so block_cap = 4/5 of the slots and a live block costs 30 B (20 B on 32-bit)
+ *   64 MiB on 64-bit: 65536 stacks, 1048576 frames, ~1.8 million live blocks.
+ * budget_used counts the fixed part (index, age-scan slots) plus the records in use now: live
+ * block entries, interned stacks and their frames. */
+#include "mbt_internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define MBT_ALIGN 64u
+
+struct mbt_regions mbt_regions;
+
+static size_t mbt_round_up(size_t n) { return (n + MBT_ALIGN - 1) & ~(size_t)(MBT_ALIGN - 1); }
+
+static uint32_t mbt_stack_cap_for(size_t bytes)
+{
+    size_t want = bytes / 1024;
+    uint32_t cap = 64;
+    while (cap < (1u << 20) && (size_t)cap * 2 <= want)
+        cap *= 2;
+    return cap;
+}
+
+int mbt_budget_reserve(size_t bytes, unsigned depth, struct mbt_regions *r, const char **why)
+{
+    memset(r, 0, sizeof *r);
+    uint32_t stack_cap = mbt_stack_cap_for(bytes);
+    uint32_t index_cap = stack_cap * 2;
+    size_t frame_cap = (size_t)stack_cap * depth;
+    if (frame_cap * sizeof(uintptr_t) > bytes / 4)
+        frame_cap = bytes / 4 / sizeof(uintptr_t);
+
+    size_t off_stacks = 0;
+    size_t off_scan = off_stacks + mbt_round_up(((size_t)stack_cap + 1) * sizeof(struct mbt_stack));
+    size_t off_index = off_scan + mbt_round_up(((size_t)stack_cap + 1) * sizeof(struct mbt_age_scan));
+    size_t off_frames = off_index + mbt_round_up((size_t)index_cap * sizeof(uint32_t));
+    size_t off_blocks = off_frames + mbt_round_up(frame_cap * sizeof(uintptr_t));
+    if (off_blocks >= bytes) {
+        *why = "MEMBT_BUDGET too small for the stack tables";
+        return -1;
+    }
+    size_t slots = (bytes - off_blocks) / sizeof(struct mbt_block);
+    slots -= slots % MBT_SHARDS;
+    if (slots < MBT_SHARDS * 8) {
+        *why = "MEMBT_BUDGET too small for the block table";
+        return -1;
+    }
+
+    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+        *why = errno == ENOMEM ? "mmap of MEMBT_BUDGET failed: out of memory" : "mmap of MEMBT_BUDGET failed";
+        return -1;
+    }
+    char *p = base;
+    r->base = base;
+    r->total = bytes;
+    r->stacks = (struct mbt_stack *)(p + off_stacks);
+    r->stack_cap = stack_cap;
+    r->scan = (struct mbt_age_scan *)(p + off_scan);
+    r->stack_index = (uint32_t *)(p + off_index);
+    r->index_cap = index_cap;
+    r->frames = (uintptr_t *)(p + off_frames);
+    r->frame_cap = frame_cap;
+    r->blocks = (struct mbt_block *)(p + off_blocks);
+    r->block_slots = slots;
+    r->fixed_bytes = ((size_t)stack_cap + 1) * sizeof(struct mbt_age_scan) + (size_t)index_cap * sizeof(uint32_t);
+    return 0;
+}
+
+/* Fresh zero pages for a restart; the mapping stays where it is. */
+void mbt_budget_clear(struct mbt_regions *r)
+{
+    if (r->base)
+        madvise(r->base, r->total, MADV_DONTNEED);
+}
+
+/* A hook of another thread may still be inside the tables while hooks are live: then the pages
+ * are only given back, the address range stays mapped. */
+void mbt_budget_release(struct mbt_regions *r, int may_unmap)
+{
+    if (!r->base)
+        return;
+    if (may_unmap)
+        munmap(r->base, r->total);
+    else
+        madvise(r->base, r->total, MADV_DONTNEED);
+    memset(r, 0, sizeof *r);
+}
+
+uint64_t mbt_budget_used(const struct mbt_regions *r)
+{
+    uint64_t blocks, bytes;
+    mbt_blocks_totals(&blocks, &bytes);
+    return r->fixed_bytes + blocks * sizeof(struct mbt_block) +
+           ((uint64_t)mbt_stacks_count() + 1) * sizeof(struct mbt_stack) +
+           (uint64_t)mbt_stacks_frames_used() * sizeof(uintptr_t);
+}

@@ -1,0 +1,249 @@
+/* Shared internal declarations of the membt recorder: the contract between its subsystems.
+ * Data flows one way: hooks/API -> unwind -> stacks/blocks (tables carved from the budget)
+ * -> dump (with modules) -> sink; the reporter decides when to dump. All names here are hidden. */
+#ifndef MBT_INTERNAL_H
+#define MBT_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#pragma GCC visibility push(default)
+#include "membt.h"
+#pragma GCC visibility pop
+
+#pragma GCC visibility push(hidden)
+
+struct mbt_block;
+
+#define MBT_EXPORT __attribute__((visibility("default")))
+/* Functions that can be on the call stack while a stack is captured live in this section, so
+ * the recorder's own frames can be cut off even when it is linked into a static firmware. */
+#define MBT_CAPTURE_PATH __attribute__((section("mbt_text")))
+
+#define MBT_TOP_MAX 1000
+/* Recorder frames above the first program frame at capture time (hook, helpers, unwinder). */
+#define MBT_OWN_FRAMES_MAX 12
+#define MBT_CAPTURE_MAX (MEMBT_MAX_DEPTH + MBT_OWN_FRAMES_MAX + 1)
+#define MBT_SHARDS 64
+#define MBT_THREAD_NAME 16
+#define MBT_TICK_MS 10u
+
+/* ---- tiny spin lock: never allocates, can be taken/reset across fork ---- */
+typedef struct { unsigned v; } mbt_lock;
+void mbt_lock_slow(mbt_lock *l);
+static inline void mbt_lock_acquire(mbt_lock *l)
+{
+    if (__atomic_exchange_n(&l->v, 1u, __ATOMIC_ACQUIRE) != 0)
+        mbt_lock_slow(l);
+}
+static inline int mbt_lock_try(mbt_lock *l)
+{
+    return __atomic_exchange_n(&l->v, 1u, __ATOMIC_ACQUIRE) == 0;
+}
+static inline void mbt_lock_release(mbt_lock *l) { __atomic_store_n(&l->v, 0u, __ATOMIC_RELEASE); }
+/* Wait at most timeout_ms for the lock; 0 when it could not be taken. */
+int mbt_lock_wait(mbt_lock *l, unsigned timeout_ms);
+
+/* Cumulative counters are native words: 64-bit atomics need libatomic on some 32-bit targets. */
+typedef unsigned long mbt_counter;
+#define mbt_count_add(c, n) ((void)__atomic_fetch_add(&(c), (n), __ATOMIC_RELAXED))
+#define mbt_load(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+/* ---- text.c: formatting into fixed buffers, one-line messages ---- */
+struct mbt_buf {
+    char *p;
+    size_t len, cap;
+    int overflow; /* something did not fit */
+};
+void mbt_buf_init(struct mbt_buf *b, char *mem, size_t cap);
+void mbt_buf_char(struct mbt_buf *b, char c);
+void mbt_buf_mem(struct mbt_buf *b, const char *s, size_t n);
+void mbt_buf_str(struct mbt_buf *b, const char *s);
+void mbt_buf_u64(struct mbt_buf *b, uint64_t v);
+void mbt_buf_hex(struct mbt_buf *b, uint64_t v);
+/* ms as seconds with one decimal ("2.5") / up to three decimals, trailing zeros cut ("0.25") */
+void mbt_buf_secs(struct mbt_buf *b, uint64_t ms);
+void mbt_buf_secs_exact(struct mbt_buf *b, uint64_t ms);
+/* protocol.md escaping: bytes outside 0x21..0x7e and '%' as %XX; empty -> "-", "-" -> "%2D" */
+void mbt_buf_escaped(struct mbt_buf *b, const char *s, size_t max_in);
+/* write "membt: <text>\n" to stderr in one write() */
+void mbt_say(const char *text);
+void mbt_say_buf(struct mbt_buf *b);
+/* the recorder's one line before it stops: "membt: disabled: <why>" */
+void mbt_say_disabled(const char *why, const char *detail);
+
+/* ---- options.c: MEMBT_* environment through one descriptor table ---- */
+struct mbt_settings {
+    membt_config cfg;
+    int fork_follow;  /* MEMBT_FORK: 1 = keep recording in a forked child, 0 = child disables */
+    int disable;      /* MEMBT_DISABLE */
+    int quiet;        /* MEMBT_QUIET */
+    int dump_at_exit; /* MEMBT_DUMP_AT_EXIT */
+};
+void mbt_options_defaults(struct mbt_settings *s);
+void mbt_options_from_env(struct mbt_settings *s); /* one warning line per bad value */
+int mbt_signal_from_text(const char *text);        /* -1 when not a usable signal */
+const char *mbt_signal_name(int sig);              /* "USR2" or NULL */
+/* The process-wide switches (fork, disable, quiet, dump-at-exit), read once from the environment. */
+extern struct mbt_settings mbt_env;
+void mbt_env_load_once(void);
+
+/* ---- recorder.c: state, counters, clocks, the per-thread guard ---- */
+enum { MBT_OFF = 0, MBT_ON = 1, MBT_FAILED = 2 };
+extern int mbt_state;
+/* Nonzero while this thread runs recorder code: hooks then pass straight through to libc. */
+extern __thread int mbt_in_recorder __attribute__((tls_model("initial-exec")));
+/* Set by hooks.c when its malloc is the one the process uses (preloaded or linked in). */
+extern int mbt_hooks_interposed;
+/* The recorder code that can be on the stack during a capture. libmembt.a (hooks.c built with
+ * MBT_HOOKS_WRAP): the mbt_text section; libmembt.so: sets 0, 0 = the whole shared object. */
+void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi);
+
+struct mbt_counters {
+    mbt_counter dropped_blocks, dropped_stacks, truncated_stacks, unknown_frees, dumps;
+};
+extern struct mbt_counters mbt_counters;
+/* The settings the recorder runs with; dump-related fields change under the dump lock. */
+extern struct mbt_settings mbt_run;
+
+static inline int mbt_recording(void) { return __atomic_load_n(&mbt_state, __ATOMIC_ACQUIRE) == MBT_ON; }
+uint64_t mbt_now_ms(void);   /* CLOCK_MONOTONIC since the recorder first started */
+uint32_t mbt_tick_now(void); /* 10 ms units, coarse monotonic clock, lasts > 400 days */
+
+MBT_CAPTURE_PATH int mbt_on_alloc(void *p, size_t size, void *frame); /* 0 tracked, -1 not */
+/* Forget p; 1 when it was tracked (its entry in *old), 0 when unknown (counted). */
+int mbt_on_free(void *p, struct mbt_block *old);
+void mbt_on_restore(const struct mbt_block *old); /* a failed realloc keeps its block */
+void mbt_autostart(void);                         /* constructor path: env config, banner */
+void mbt_ctl_lock(void);
+void mbt_ctl_unlock(void);
+void mbt_ctl_reset_child(void);
+
+/* ---- budget.c: one mmap carved into the tables ---- */
+struct mbt_block {
+    uintptr_t addr; /* 0 = empty slot */
+    size_t size;
+    uint32_t stack_id;
+    uint32_t tick;
+};
+
+struct mbt_stack {
+    uint32_t hash;
+    uint32_t frame_off; /* index of the first frame in the frame pool */
+    uint16_t nframes;
+    uint8_t truncated;
+    char thread[MBT_THREAD_NAME];
+    size_t live_blocks; /* atomics, kept current on every record/unrecord */
+    size_t live_bytes;
+};
+
+/* Per-stack result of the age scan the dump runs over the block shards. */
+struct mbt_age_scan {
+    uint32_t old_blocks;
+    uint32_t oldest_age; /* ticks */
+    size_t old_bytes;
+};
+
+struct mbt_regions {
+    void *base;
+    size_t total;
+    struct mbt_block *blocks;
+    size_t block_slots;
+    struct mbt_stack *stacks; /* stack_cap + 1 entries: id 0 is the overflow stack */
+    uint32_t stack_cap;
+    uint32_t *stack_index;
+    uint32_t index_cap; /* power of two, >= 2 * stack_cap */
+    uintptr_t *frames;
+    size_t frame_cap;
+    struct mbt_age_scan *scan; /* stack_cap + 1 entries */
+    size_t fixed_bytes;        /* index + scan scratch + shard headers: in use from the start */
+};
+int mbt_budget_reserve(size_t bytes, unsigned depth, struct mbt_regions *r, const char **why);
+void mbt_budget_release(struct mbt_regions *r, int may_unmap);
+void mbt_budget_clear(struct mbt_regions *r);
+uint64_t mbt_budget_used(const struct mbt_regions *r);
+extern struct mbt_regions mbt_regions;
+
+/* ---- blocks.c: live blocks keyed by address, sharded open addressing ---- */
+enum { MBT_BLOCK_FULL = 0, MBT_BLOCK_INSERTED = 1, MBT_BLOCK_REPLACED = 2 };
+void mbt_blocks_setup(struct mbt_block *mem, size_t slots);
+int mbt_blocks_insert(const struct mbt_block *b);
+int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out);
+struct mbt_scan_totals {
+    uint64_t live_blocks, live_bytes, old_blocks, old_bytes;
+};
+void mbt_blocks_scan(struct mbt_age_scan *per_stack, uint32_t nstacks, uint32_t now_tick,
+                     uint32_t leak_age_ms, struct mbt_scan_totals *tot);
+void mbt_blocks_totals(uint64_t *blocks, uint64_t *bytes);
+size_t mbt_blocks_capacity(void);
+void mbt_blocks_lock_all(void);
+void mbt_blocks_unlock_all(void);
+
+/* ---- stacks.c: call stacks interned once, referenced by id ---- */
+void mbt_stacks_setup(const struct mbt_regions *r);
+uint32_t mbt_stacks_intern(const uintptr_t *frames, unsigned n, int truncated);
+static inline void mbt_stacks_account(struct mbt_stack *s, size_t bytes, int add)
+{
+    if (!s)
+        return;
+    if (add) {
+        __atomic_fetch_add(&s->live_blocks, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&s->live_bytes, bytes, __ATOMIC_RELAXED);
+    } else {
+        __atomic_fetch_sub(&s->live_blocks, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_sub(&s->live_bytes, bytes, __ATOMIC_RELAXED);
+    }
+}
+struct mbt_stack *mbt_stack_get(uint32_t id); /* id 0..stack_cap; NULL when out of range */
+const uintptr_t *mbt_stack_frames(const struct mbt_stack *s);
+uint32_t mbt_stacks_count(void); /* interned so far, the overflow stack not counted */
+size_t mbt_stacks_frames_used(void);
+void mbt_stacks_lock(void);
+void mbt_stacks_unlock(void);
+
+/* ---- unwind.c: raw return addresses, recorder frames removed ---- */
+int mbt_unwind_select(const char *name, const char **why);
+const char *mbt_unwind_name(void);
+void mbt_unwind_init(void); /* finds the recorder's own code range, warms the unwinder up */
+MBT_CAPTURE_PATH unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, void *frame, int *truncated);
+
+/* ---- modules.c: loaded objects that frames fall into ---- */
+struct mbt_module {
+    uintptr_t bias, lo, hi;
+    char build_id[65];
+    const char *path; /* in the caller's arena; "" when unknown */
+};
+typedef int (*mbt_module_wanted_fn)(uintptr_t lo, uintptr_t hi, void *arg);
+unsigned mbt_modules_collect(mbt_module_wanted_fn wanted, void *arg, struct mbt_module *out,
+                             unsigned max, char *arena, size_t arena_size);
+int mbt_exe_path(char *out, size_t size);
+
+/* ---- dump.c: one dump, wire or text ---- */
+long mbt_dump_run(const char *reason); /* caller holds the dump lock */
+void mbt_dump_reset_numbering(void);
+
+/* ---- sink.c: where dumps go ---- */
+const char *mbt_sink_check(const char *spec); /* NULL when the syntax is fine, else why */
+int mbt_sink_open(const char *spec);          /* 0, or -1 when the syntax is bad */
+long mbt_sink_write(const char *buf, size_t n);
+void mbt_sink_close(void);
+void mbt_sink_child(void); /* after fork: a TCP connection belongs to the parent */
+
+/* ---- reporter.c: the thread, signal, dump lock, fork ---- */
+extern mbt_lock mbt_dump_lock;
+long mbt_dump_now(const char *reason, unsigned wait_ms); /* -1 when it could not dump */
+int mbt_reporter_start(const char **why);
+void mbt_reporter_stop(int join);
+void mbt_reporter_poke(void); /* dump settings changed: recompute the timer */
+int mbt_reporter_running(void);
+int mbt_signal_install(int sig, const char **why);
+void mbt_signal_restore(void);
+void mbt_fork_handlers_register(void);
+
+#pragma GCC visibility pop
+#endif /* MBT_INTERNAL_H */

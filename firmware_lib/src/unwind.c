@@ -1,0 +1,267 @@
+/* Stack capture: raw return addresses only, through one of three backends, with the recorder's
+ * own frames cut off. Every architecture #if of the recorder lives in this file.
+ *   fp     frame-pointer walk (x86, aarch64, ARM-mode code built -marm), with sanity checks
+ *   unwind libgcc _Unwind_Backtrace: DWARF CFI, or ARM EHABI tables (-funwind-tables) on armhf
+ *   glibc  backtrace() (glibc only; it also uses libgcc underneath)
+ * "auto" is the per-target choice the build passes as -DMBT_UNWIND_AUTO=<name>, else "unwind". */
+#include "mbt_internal.h"
+
+#include <link.h>
+#include <string.h>
+#include <unwind.h>
+
+#if defined(__GLIBC__)
+#include <execinfo.h>
+#define MBT_HAVE_GLIBC_BACKTRACE 1
+#endif
+
+#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
+#define MBT_HAVE_FP 1
+#define MBT_FP_ARM 0
+#elif defined(__arm__) && !defined(__thumb__)
+/* gcc's ARM-mode frame: fp points at the saved lr, the caller's fp is one word below */
+#define MBT_HAVE_FP 1
+#define MBT_FP_ARM 1
+#endif
+
+/* A frame bigger than this stops the frame-pointer walk: the pointer is probably not one. */
+#define MBT_FP_MAX_FRAME (4u << 20)
+
+#define MBT_STR2(x) #x
+#define MBT_STR(x) MBT_STR2(x)
+#ifdef MBT_UNWIND_AUTO
+static const char mbt_auto_raw[] = MBT_STR(MBT_UNWIND_AUTO);
+#else
+static const char mbt_auto_raw[] = "unwind";
+#endif
+
+enum mbt_backend { MBT_UW_UNWIND, MBT_UW_FP, MBT_UW_GLIBC };
+static enum mbt_backend mbt_backend = MBT_UW_UNWIND;
+static uintptr_t mbt_own_lo, mbt_own_hi;
+
+static const char *const mbt_backend_names[] = {"unwind", "fp", "glibc"};
+
+const char *mbt_unwind_name(void) { return mbt_backend_names[mbt_backend]; }
+
+/* -DMBT_UNWIND_AUTO=fp and -DMBT_UNWIND_AUTO=\"fp\" both mean "fp". */
+static void mbt_auto_name(char *out, size_t size)
+{
+    size_t n = 0;
+    for (const char *p = mbt_auto_raw; *p && n + 1 < size; p++)
+        if (*p != '"' && *p != '\\')
+            out[n++] = *p;
+    out[n] = 0;
+}
+
+static int mbt_backend_available(enum mbt_backend b, const char **why)
+{
+    (void)why; /* set only where a backend is missing */
+    switch (b) {
+    case MBT_UW_UNWIND: return 1;
+    case MBT_UW_FP:
+#ifdef MBT_HAVE_FP
+        return 1;
+#else
+        *why = "MEMBT_UNWIND=fp needs x86, aarch64 or an ARM-mode (-marm) build of membt";
+        return 0;
+#endif
+    case MBT_UW_GLIBC:
+#ifdef MBT_HAVE_GLIBC_BACKTRACE
+        return 1;
+#else
+        *why = "MEMBT_UNWIND=glibc: this C library has no backtrace()";
+        return 0;
+#endif
+    }
+    return 0;
+}
+
+int mbt_unwind_select(const char *name, const char **why)
+{
+    char autoname[16];
+    int is_auto = !strcmp(name, "auto");
+    if (is_auto) {
+        mbt_auto_name(autoname, sizeof autoname);
+        name = autoname;
+    }
+    for (unsigned b = 0; b < sizeof mbt_backend_names / sizeof mbt_backend_names[0]; b++) {
+        if (strcmp(name, mbt_backend_names[b]))
+            continue;
+        if (mbt_backend_available((enum mbt_backend)b, why)) {
+            mbt_backend = (enum mbt_backend)b;
+            return 0;
+        }
+        if (is_auto) { /* a build default this target cannot honour: the portable one */
+            mbt_backend = MBT_UW_UNWIND;
+            return 0;
+        }
+        return -1;
+    }
+    if (is_auto) {
+        mbt_backend = MBT_UW_UNWIND;
+        return 0;
+    }
+    *why = "MEMBT_UNWIND must be auto, fp, unwind or glibc";
+    return -1;
+}
+
+/* ---- fp ---- */
+
+#ifdef MBT_HAVE_FP
+__attribute__((no_sanitize_address)) MBT_CAPTURE_PATH static unsigned
+mbt_fp_walk(uintptr_t *out, unsigned max, void *frame)
+{
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0); /* callers' frames lie above */
+    uintptr_t fp = (uintptr_t)(frame ? frame : __builtin_frame_address(0));
+    unsigned n = 0;
+    while (n < max) {
+        if (fp < here || (fp & (sizeof(uintptr_t) - 1)))
+            break;
+        const uintptr_t *f = (const uintptr_t *)fp;
+#if MBT_FP_ARM
+        uintptr_t ret = f[0], next = f[-1];
+#else
+        uintptr_t ret = f[1], next = f[0];
+#endif
+#if defined(__aarch64__)
+        ret &= (1ull << 48) - 1; /* pointer-authentication bits, if any */
+#endif
+        if (!ret)
+            break;
+        out[n++] = ret;
+        if (next <= fp || next - fp > MBT_FP_MAX_FRAME)
+            break;
+        fp = next;
+    }
+    return n;
+}
+#endif
+
+/* ---- unwind (libgcc) ---- */
+
+struct mbt_uw_walk {
+    uintptr_t *out;
+    unsigned n, max;
+    uintptr_t last_cfa;
+};
+
+static _Unwind_Reason_Code mbt_uw_step(struct _Unwind_Context *ctx, void *arg)
+{
+    struct mbt_uw_walk *w = arg;
+    uintptr_t ip = (uintptr_t)_Unwind_GetIP(ctx);
+#if defined(__arm__)
+    uintptr_t cfa = (uintptr_t)_Unwind_GetGR(ctx, 13);
+#else
+    uintptr_t cfa = (uintptr_t)_Unwind_GetCFA(ctx);
+#endif
+    if (!ip || w->n >= w->max)
+        return _URC_END_OF_STACK;
+    /* the same frame again: some unwinders repeat the outermost frame forever */
+    if (w->n && w->out[w->n - 1] == ip && w->last_cfa == cfa)
+        return _URC_END_OF_STACK;
+    w->out[w->n++] = ip;
+    w->last_cfa = cfa;
+    return _URC_NO_REASON;
+}
+
+MBT_CAPTURE_PATH __attribute__((noinline)) static unsigned mbt_uw_walk(uintptr_t *out, unsigned max)
+{
+    struct mbt_uw_walk w = {out, 0, max, 0};
+    _Unwind_Backtrace(mbt_uw_step, &w);
+    return w.n;
+}
+
+/* ---- glibc ---- */
+
+#ifdef MBT_HAVE_GLIBC_BACKTRACE
+MBT_CAPTURE_PATH __attribute__((noinline)) static unsigned mbt_glibc_walk(uintptr_t *out, unsigned max)
+{
+    void *raw[MBT_CAPTURE_MAX];
+    int n = backtrace(raw, (int)max);
+    for (int i = 0; i < n; i++)
+        out[i] = (uintptr_t)raw[i];
+    return n > 0 ? (unsigned)n : 0;
+}
+#endif
+
+MBT_CAPTURE_PATH __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, void *frame,
+                                                                      int *truncated)
+{
+    uintptr_t raw[MBT_CAPTURE_MAX];
+    unsigned want = depth + MBT_OWN_FRAMES_MAX + 1, n = 0;
+    if (want > MBT_CAPTURE_MAX)
+        want = MBT_CAPTURE_MAX;
+    switch (mbt_backend) {
+    case MBT_UW_FP:
+#ifdef MBT_HAVE_FP
+        n = mbt_fp_walk(raw, want, frame);
+#endif
+        break;
+    case MBT_UW_GLIBC:
+#ifdef MBT_HAVE_GLIBC_BACKTRACE
+        n = mbt_glibc_walk(raw, want);
+#endif
+        break;
+    case MBT_UW_UNWIND: n = mbt_uw_walk(raw, want); break;
+    }
+    (void)frame;
+    unsigned skip = 0;
+    while (skip < n && raw[skip] >= mbt_own_lo && raw[skip] < mbt_own_hi)
+        skip++;
+    unsigned avail = n - skip;
+    *truncated = avail > depth || n >= want;
+    if (avail > depth)
+        avail = depth;
+    memcpy(out, raw + skip, avail * sizeof *out);
+    return avail;
+}
+
+/* ---- the recorder's own code ---- */
+
+struct mbt_own_search {
+    uintptr_t probe, lo, hi;
+};
+
+static int mbt_own_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct mbt_own_search *s = arg;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    int mine = 0;
+    (void)size;
+    for (unsigned i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        uintptr_t a = info->dlpi_addr + ph->p_vaddr, b = a + ph->p_memsz;
+        if (s->probe >= a && s->probe < b)
+            mine = 1;
+        if (a < lo)
+            lo = a;
+        if (b > hi)
+            hi = b;
+    }
+    if (!mine)
+        return 0;
+    s->lo = lo;
+    s->hi = hi;
+    return 1;
+}
+
+void mbt_unwind_init(void)
+{
+    /* libmembt.a inside a program: the functions that can be on the stack during a capture,
+     * gathered in the mbt_text section. libmembt.so: all of its code. */
+    mbt_hooks_code_range(&mbt_own_lo, &mbt_own_hi);
+    if (mbt_own_lo == mbt_own_hi) {
+        struct mbt_own_search s = {(uintptr_t)mbt_unwind_capture, 0, 0};
+        if (dl_iterate_phdr(mbt_own_cb, &s) && s.lo < s.hi) {
+            mbt_own_lo = s.lo;
+            mbt_own_hi = s.hi;
+        }
+    }
+    /* The first capture may load libgcc_s and allocate (glibc backtrace dlopens it): do it now,
+     * under the caller's recursion guard, not inside the program's first malloc. */
+    uintptr_t frames[MBT_CAPTURE_MAX];
+    int truncated;
+    mbt_unwind_capture(frames, MEMBT_MAX_DEPTH, __builtin_frame_address(0), &truncated);
+}

@@ -17,6 +17,7 @@ from membt_host.symbolize import Frame, SymStack
 GROWING, STABLE, TRANSIENT, MAYBE_LEAK = "growing", "stable", "transient", "maybe_leak"
 MIN_TREND_POINTS = 3  # fewer complete dumps than this tell no trend
 MAX_DISCORDANT = 0.25  # a rising series may fall back between this share of its pairs of points
+TREND_SAMPLE = 64  # points of a tail compared pairwise
 MAX_POINTS = 4096  # per series; older halves are thinned beyond this (sessions last days)
 MAX_MESSAGES = 200
 
@@ -122,6 +123,9 @@ def is_rising(run: list[Point]) -> bool:
     """A leak still leaking: the recent half of the run rises, in live bytes and in old bytes
     (a cache that filled up has flat live bytes; its old blocks are replaced, not added)."""
     tail = run[-max(MIN_TREND_POINTS, math.ceil(len(run) / 2)) :]
+    if len(tail) > TREND_SAMPLE:  # pairs grow with the square: look at evenly spaced points
+        step = (len(tail) - 1) / (TREND_SAMPLE - 1)
+        tail = [tail[round(i * step)] for i in range(TREND_SAMPLE)]
     return rises([p.live_bytes for p in tail]) and rises([p.old_bytes for p in tail])
 
 

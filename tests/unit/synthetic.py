@@ -6,9 +6,7 @@ from membt_host.protocol import Dump, Group, Module, Stack
 from membt_host.symbolize import Frame, SymStack
 
 
-def sym_stack(
-    name: str, module: str = "/usr/bin/app", build_id: str = "ab12"
-) -> SymStack:
+def sym_stack(name: str, module: str = "/usr/bin/app", build_id: str = "ab12") -> SymStack:
     """A symbolized stack whose code path is `name` (offset derived from the name)."""
     offset = 0x1000 + sum(map(ord, name))
     frames = (

@@ -9,6 +9,7 @@ from membt_host.analysis import (
     is_rising,
     slope,
 )
+
 from synthetic import dump
 
 
@@ -93,13 +94,10 @@ def test_a_stack_that_frees_everything_becomes_transient():
     analysis = Analysis()
     feed(
         analysis,
-        [{"a": (i, i * 10, i, i * 10), "b": (1, 1, 0, 0)} for i in range(1, 6)]
-        + [{"b": (1, 1, 0, 0)}],
+        [{"a": (i, i * 10, i, i * 10), "b": (1, 1, 0, 0)} for i in range(1, 6)] + [{"b": (1, 1, 0, 0)}],
     )
     (a,) = [s for s in analysis.ranked() if s.frames[0].function == "a"]
-    assert (
-        a.latest.live_bytes == 0 and a.klass == TRANSIENT
-    )  # all listed: a holds nothing now
+    assert a.latest.live_bytes == 0 and a.klass == TRANSIENT  # all listed: a holds nothing now
     assert a.dumps_seen == 5 and len(a.series) == 6
 
 
@@ -107,9 +105,7 @@ def test_a_stack_left_out_by_top_is_unknown_not_zero():
     analysis = Analysis()
     series = [{"a": (i, i * 10, i, i * 10)} for i in range(1, 6)]
     feed(analysis, series)
-    analysis.add(
-        *dump(6, 6000, {"b": (1, 5, 0, 0)}, groups_total=2)
-    )  # a exists but was not listed
+    analysis.add(*dump(6, 6000, {"b": (1, 5, 0, 0)}, groups_total=2))  # a exists but was not listed
     (a,) = [s for s in analysis.ranked() if s.frames[0].function == "a"]
     assert len(a.series) == 5 and a.klass == GROWING
 
@@ -142,9 +138,7 @@ def test_restart_continues_the_same_suspect_and_growth_uses_the_current_run():
     assert leak.dumps_seen == 14 and leak.klass == GROWING
     assert leak.growth_bytes_per_min == 100 * 60
     times = [p.t for p in leak.series]
-    assert (
-        times == sorted(times) and len(set(times)) == 14
-    )  # one timeline across both runs
+    assert times == sorted(times) and len(set(times)) == 14  # one timeline across both runs
 
 
 def test_incomplete_dumps_are_counted_not_used():
@@ -160,17 +154,13 @@ def test_incomplete_dumps_are_counted_not_used():
 def test_summary_carries_totals_and_problems():
     analysis = Analysis()
     feed(analysis, [{"a": (2, 20, 1, 10)}] * 3)
-    summary = analysis.summary(
-        {"corrupt_lines": 4, "noise_lines": 9}, ["module x: stripped"]
-    )
+    summary = analysis.summary({"corrupt_lines": 4, "noise_lines": 9}, ["module x: stripped"])
     assert summary.complete_dumps == 3 and [d.live_bytes for d in summary.dumps] == [
         20,
         20,
         20,
     ]
-    assert summary.problems.corrupt_lines == 4 and summary.problems.symbols == [
-        "module x: stripped"
-    ]
+    assert summary.problems.corrupt_lines == 4 and summary.problems.symbols == ["module x: stripped"]
 
 
 def test_trend_helpers():

@@ -15,12 +15,11 @@ from membt_host.protocol import (
     escape_text,
     unescape_text,
 )
+
 from wire_json import parse_all
 
 
-def make_dump(
-    number: int = 1, pid: int = 10, *, thread: str = "main", exe: str = "/bin/app"
-) -> list[bytes]:
+def make_dump(number: int = 1, pid: int = 10, *, thread: str = "main", exe: str = "/bin/app") -> list[bytes]:
     return [
         encode_record(
             number,
@@ -29,13 +28,9 @@ def make_dump(
             [f"pid={pid}", "up_ms=100", "reason=timer", f"exe={escape_text(exe)}"],
         ),
         encode_record(number, 1, "C", ["live_blocks=1", "live_bytes=8"]),
-        encode_record(
-            number, 2, "M", ["1", "0", "1000", "2000", "-", escape_text(exe)]
-        ),
+        encode_record(number, 2, "M", ["1", "0", "1000", "2000", "-", escape_text(exe)]),
         encode_record(number, 3, "S", ["5", "-", "1234"]),
-        encode_record(
-            number, 4, "G", ["5", "1", "8", "1", "8", "9000", escape_text(thread)]
-        ),
+        encode_record(number, 4, "G", ["5", "1", "8", "1", "8", "9000", escape_text(thread)]),
         encode_record(
             number,
             5,
@@ -68,9 +63,7 @@ def test_record_after_any_prefix_is_found():
 
 def test_crlf_and_missing_final_newline():
     lines = make_dump()
-    stream = b"".join(line.replace(b"\n", b"\r\n") for line in lines)[
-        :-2
-    ]  # no newline after E
+    stream = b"".join(line.replace(b"\n", b"\r\n") for line in lines)[:-2]  # no newline after E
     (dump,), _ = parse_all(stream)
     assert dump.complete
 
@@ -106,31 +99,20 @@ def test_close_ends_an_open_dump():
 
 def test_end_counts_must_match():
     lines = make_dump()
-    lines[5] = encode_record(
-        1, 5, "E", ["lines=6", "modules=1", "stacks=2", "groups=1", "groups_total=1"]
-    )
+    lines[5] = encode_record(1, 5, "E", ["lines=6", "modules=1", "stacks=2", "groups=1", "groups_total=1"])
     (dump,), _ = parse_all(b"".join(lines))
-    assert not dump.complete and dump.problems == [
-        "dump 1 (pid 10): end record says stacks=2, 1 seen"
-    ]
+    assert not dump.complete and dump.problems == ["dump 1 (pid 10): end record says stacks=2, 1 seen"]
 
 
 def test_unknown_version_and_unknown_keys_and_tags():
     lines = make_dump()
     lines[0] = encode_record(1, 0, "B", ["pid=10", "future_key=xyz", "up_ms=100"])
-    lines.insert(
-        5, encode_record(1, 5, "Z", ["whatever"])
-    )  # a record type this reader does not know
-    lines[6] = encode_record(
-        1, 6, "E", ["lines=7", "modules=1", "stacks=1", "groups=1", "groups_total=1"]
-    )
+    lines.insert(5, encode_record(1, 5, "Z", ["whatever"]))  # a record type this reader does not know
+    lines[6] = encode_record(1, 6, "E", ["lines=7", "modules=1", "stacks=1", "groups=1", "groups_total=1"])
     lines.insert(2, encode_record(1, 2, "C", ["x=1"], version=2))
     (dump,), parser = parse_all(b"".join(lines))
     assert dump.complete and dump.begin == {"pid": 10, "up_ms": 100}
-    assert (
-        parser.stats["unknown_version_lines"] == 1
-        and parser.stats["corrupt_lines"] == 0
-    )
+    assert parser.stats["unknown_version_lines"] == 1 and parser.stats["corrupt_lines"] == 0
 
 
 def test_overlong_record_is_corrupt_but_next_line_survives():
@@ -161,9 +143,7 @@ def test_noise_is_bounded_and_kept_in_order():
 
 
 def test_dump_fields_match_the_records():
-    (dump,), _ = parse_all(
-        b"".join(make_dump(7, 99, thread="worker 1", exe="/usr/bin/my app"))
-    )
+    (dump,), _ = parse_all(b"".join(make_dump(7, 99, thread="worker 1", exe="/usr/bin/my app")))
     assert dump == Dump(
         number=7,
         complete=True,
@@ -199,9 +179,7 @@ def valid_dumps(draw, number: int) -> tuple[list[bytes], Dump]:
         )
         for i in range(1, n_mod + 1)
     }
-    stack_ids = draw(
-        st.lists(st.integers(1, 10**6), min_size=1, max_size=4, unique=True)
-    )
+    stack_ids = draw(st.lists(st.integers(1, 10**6), min_size=1, max_size=4, unique=True))
     stacks = {
         s: Stack(
             s,
@@ -214,11 +192,7 @@ def valid_dumps(draw, number: int) -> tuple[list[bytes], Dump]:
         Group(s, *draw(st.tuples(*[st.integers(0, 2**40)] * 5)), draw(texts))
         for s in stack_ids + [0][: draw(st.integers(0, 1))]
     ]
-    lines = [
-        encode_record(
-            number, 0, "B", [f"pid={pid}", "up_ms=5", f"exe={escape_text(exe)}"]
-        )
-    ]
+    lines = [encode_record(number, 0, "B", [f"pid={pid}", "up_ms=5", f"exe={escape_text(exe)}"])]
     lines.append(encode_record(number, 1, "C", ["dropped_blocks=0"]))
     for m in modules.values():
         fields = [
@@ -249,11 +223,7 @@ def valid_dumps(draw, number: int) -> tuple[list[bytes], Dump]:
             g.old_bytes,
             g.oldest_age_ms,
         ]
-        lines.append(
-            encode_record(
-                number, len(lines), "G", [*map(str, nums), escape_text(g.thread)]
-            )
-        )
+        lines.append(encode_record(number, len(lines), "G", [*map(str, nums), escape_text(g.thread)]))
     counts = [
         f"lines={len(lines) + 1}",
         f"modules={len(modules)}",
@@ -284,9 +254,7 @@ def valid_dumps(draw, number: int) -> tuple[list[bytes], Dump]:
 garbage = st.one_of(
     st.binary(max_size=64),
     st.binary(max_size=64).map(lambda b: b + b"@MBT " + b),
-    st.sampled_from(
-        [b"@MBT 1 1 3 G 5", b"@MBT 2 1 0 B x *00000000\n", b"\r\n", b"@MBT", b"@MB"]
-    ),
+    st.sampled_from([b"@MBT 1 1 3 G 5", b"@MBT 2 1 0 B x *00000000\n", b"\r\n", b"@MBT", b"@MB"]),
     st.integers(4000, 9000).map(lambda n: b"\x7f" * n),
 )
 
@@ -298,9 +266,7 @@ def streams_with_garbage(draw):
     for lines, _ in dumps:
         for line in lines:
             if draw(st.integers(0, 3)) == 0:
-                parts.append(
-                    draw(garbage)
-                )  # garbage at the start of any line, even without a newline
+                parts.append(draw(garbage))  # garbage at the start of any line, even without a newline
             parts.append(line)
     parts.append(draw(garbage))
     return b"".join(parts), [expected for _, expected in dumps]
@@ -328,9 +294,7 @@ def test_valid_dumps_survive_garbage_between_lines(stream, cuts):
 
 @st.composite
 def mutated(draw):
-    data = bytearray(
-        b"".join(line for n in range(1, 3) for line in draw(valid_dumps(n))[0])
-    )
+    data = bytearray(b"".join(line for n in range(1, 3) for line in draw(valid_dumps(n))[0]))
     for _ in range(draw(st.integers(0, 8))):
         kind = draw(st.sampled_from(["flip", "delete", "insert", "duplicate"]))
         pos = draw(st.integers(0, len(data)))
@@ -354,9 +318,7 @@ def test_any_input_never_raises_and_every_dump_is_judged(data, cuts):
     dumps, parser = feed_in_chunks(data, cuts)
     for dump in dumps:
         assert dump.complete == (not dump.problems)
-    assert parser.stats["complete_dumps"] + parser.stats["incomplete_dumps"] == len(
-        dumps
-    )
+    assert parser.stats["complete_dumps"] + parser.stats["incomplete_dumps"] == len(dumps)
     assert all(v >= 0 for v in parser.stats.values())
 
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from wire_json import parse_to_json
 
 WIRE = Path(__file__).resolve().parents[1] / "data" / "wire"
@@ -27,11 +28,7 @@ def test_basic_vector_reads_as_documented():
     got = parse_to_json((WIRE / "basic.txt").read_bytes())
     (dump,) = got["dumps"]
     assert dump["complete"] and dump["problems"] == []
-    assert (
-        dump["number"] == 3
-        and dump["begin"]["pid"] == 4242
-        and dump["begin"]["exe"] == "/usr/bin/membt-demo"
-    )
+    assert dump["number"] == 3 and dump["begin"]["pid"] == 4242 and dump["begin"]["exe"] == "/usr/bin/membt-demo"
     assert dump["modules"]["1"]["load_bias"] == 0x55D0C0A00000
     assert dump["modules"]["2"]["build_id"] is None
     assert dump["stacks"]["1"]["truncated"] is True

@@ -106,11 +106,21 @@ class Session:
                 self._end_stream(chunk.stream, final=False)
             return
         parser = self.parsers.setdefault(chunk.stream, Parser())
-        dumps = parser.feed(chunk.data)
-        if self.record is not None:
-            self.record.take(chunk.stream, chunk.data, parser.idle)
-        for dump in dumps:
-            self._use(dump)
+        if self.record is None:
+            for dump in parser.feed(chunk.data):
+                self._use(dump)
+            return
+        # line by line, so that each dump is written to the record the moment it is complete:
+        # concurrent streams then appear in the record in the order their dumps were used
+        data, start = chunk.data, 0
+        while start < len(data):
+            newline = data.find(b"\n", start)
+            end = len(data) if newline < 0 else newline + 1
+            dumps = parser.feed(data[start:end])
+            self.record.take(chunk.stream, data[start:end], parser.idle)
+            for dump in dumps:
+                self._use(dump)
+            start = end
 
     def _end_stream(self, stream: int, final: bool) -> None:
         """A stream ended: on a lost connection its open dump is incomplete; when the session

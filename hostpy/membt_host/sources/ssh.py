@@ -53,7 +53,7 @@ def ssh_argv(
 def read_ssh(argv: list[str], stop: threading.Event, notify: Notify) -> Source:
     """ssh's stdout and stderr are both read as streams: a recorder on the remote stderr counts too."""
     target = argv[argv.index("--") + 1]
-    attempt, stream = 0, 0
+    failures, stream = 0, 0  # failures: connections in a row that ended quickly
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -94,8 +94,8 @@ def read_ssh(argv: list[str], stop: threading.Event, notify: Notify) -> Source:
             yield Chunk(fd_stream, b"")
         if stop.is_set():
             return
-        attempt = 0 if time.monotonic() - started > STABLE_S else attempt + 1
-        delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+        failures = 1 if time.monotonic() - started > STABLE_S else failures + 1
+        delay = BACKOFF_S[min(failures - 1, len(BACKOFF_S) - 1)]
         last = f": {said[-1]}" if said else ""
         notify(f"ssh {target}: connection ended (ssh exit status {proc.returncode}{last}); reconnecting in {delay} s")
         if sleep_unless_stopped(stop, delay):

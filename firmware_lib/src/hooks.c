@@ -20,16 +20,20 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Hooks run before AddressSanitizer has set up its shadow memory (its own dlsym calls come here
+ * during its start): nothing on the path through a hook may be instrumented. */
+#define MBT_NO_ASAN __attribute__((no_sanitize_address))
+
 #if defined(MBT_HOOKS_PRELOAD)
 #include <dlfcn.h>
 #define MBT_HOOK(name) name
-void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi) { *lo = *hi = 0; }
+MBT_NO_ASAN void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi) { *lo = *hi = 0; }
 #elif defined(MBT_HOOKS_WRAP)
 #define MBT_HOOK(name) __wrap_##name
 /* Only here: in a shared object ld would export these section symbols. */
 extern char __start_mbt_text[] __attribute__((visibility("hidden")));
 extern char __stop_mbt_text[] __attribute__((visibility("hidden")));
-void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi)
+MBT_NO_ASAN void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi)
 {
     *lo = (uintptr_t)__start_mbt_text;
     *hi = (uintptr_t)__stop_mbt_text;
@@ -39,6 +43,9 @@ void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi)
 #endif
 
 #define MBT_FRAME() __builtin_frame_address(0)
+/* After the inner call: a tail call would drop the hook's frame that MBT_FRAME() handed down. */
+#define MBT_KEEP_FRAME(v) __asm__ volatile("" : : "r"(v) : "memory")
+
 
 /* ---- the real functions ---- */
 
@@ -62,7 +69,7 @@ static int mbt_resolved;
 static char mbt_pool[MBT_POOL_SIZE] __attribute__((aligned(64)));
 static size_t mbt_pool_used;
 
-static void *mbt_pool_alloc(size_t n, size_t align)
+MBT_NO_ASAN static void *mbt_pool_alloc(size_t n, size_t align)
 {
     if (align < 16)
         align = 16;
@@ -81,19 +88,19 @@ static void *mbt_pool_alloc(size_t n, size_t align)
     return mbt_pool + start;
 }
 
-static inline int mbt_in_pool(const void *p)
+MBT_NO_ASAN static inline int mbt_in_pool(const void *p)
 {
     return (const char *)p >= mbt_pool && (const char *)p < mbt_pool + MBT_POOL_SIZE;
 }
 
-static size_t mbt_pool_size(const void *p)
+MBT_NO_ASAN static size_t mbt_pool_size(const void *p)
 {
     size_t n;
     memcpy(&n, (const char *)p - sizeof n, sizeof n);
     return n;
 }
 
-static void mbt_resolve(void)
+MBT_NO_ASAN static void mbt_resolve(void)
 {
     mbt_in_recorder++;
     mbt_real.calloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "calloc");
@@ -109,7 +116,7 @@ static void mbt_resolve(void)
 }
 
 /* Before recording a block the real functions must be known (not served from the pool). */
-static inline void mbt_ensure(void)
+MBT_NO_ASAN static inline void mbt_ensure(void)
 {
     if (__builtin_expect(!__atomic_load_n(&mbt_resolved, __ATOMIC_ACQUIRE), 0))
         mbt_resolve();
@@ -118,9 +125,9 @@ static inline void mbt_ensure(void)
 /* Each libc call resolves on first use, unless we are inside dlsym already (guard set). */
 #define MBT_LIBC(fn) (mbt_real.fn ? 1 : mbt_in_recorder ? 0 : (mbt_resolve(), mbt_real.fn != NULL))
 
-static void *mbt_libc_malloc(size_t n) { return MBT_LIBC(malloc) ? mbt_real.malloc(n) : mbt_pool_alloc(n, 16); }
+MBT_NO_ASAN static void *mbt_libc_malloc(size_t n) { return MBT_LIBC(malloc) ? mbt_real.malloc(n) : mbt_pool_alloc(n, 16); }
 
-static void *mbt_libc_calloc(size_t n, size_t size)
+MBT_NO_ASAN static void *mbt_libc_calloc(size_t n, size_t size)
 {
     if (MBT_LIBC(calloc))
         return mbt_real.calloc(n, size);
@@ -129,32 +136,32 @@ static void *mbt_libc_calloc(size_t n, size_t size)
     return mbt_pool_alloc(n * size, 16); /* the static pool is zero and never reused */
 }
 
-static void *mbt_libc_realloc(void *p, size_t n) { return MBT_LIBC(realloc) ? mbt_real.realloc(p, n) : NULL; }
+MBT_NO_ASAN static void *mbt_libc_realloc(void *p, size_t n) { return MBT_LIBC(realloc) ? mbt_real.realloc(p, n) : NULL; }
 
-static void mbt_libc_free(void *p)
+MBT_NO_ASAN static void mbt_libc_free(void *p)
 {
     if (MBT_LIBC(free))
         mbt_real.free(p);
 }
 
-static int mbt_libc_posix_memalign(void **out, size_t align, size_t n)
+MBT_NO_ASAN static int mbt_libc_posix_memalign(void **out, size_t align, size_t n)
 {
     if (MBT_LIBC(posix_memalign))
         return mbt_real.posix_memalign(out, align, n);
     return (*out = mbt_pool_alloc(n, align)) ? 0 : ENOMEM;
 }
 
-static void *mbt_libc_aligned_alloc(size_t align, size_t n)
+MBT_NO_ASAN static void *mbt_libc_aligned_alloc(size_t align, size_t n)
 {
     return MBT_LIBC(aligned_alloc) ? mbt_real.aligned_alloc(align, n) : mbt_pool_alloc(n, align);
 }
 
-static void *mbt_libc_memalign(size_t align, size_t n)
+MBT_NO_ASAN static void *mbt_libc_memalign(size_t align, size_t n)
 {
     return MBT_LIBC(memalign) ? mbt_real.memalign(align, n) : mbt_pool_alloc(n, align);
 }
 
-static char *mbt_libc_realpath(const char *path, char *out)
+MBT_NO_ASAN static char *mbt_libc_realpath(const char *path, char *out)
 {
     if (MBT_LIBC(realpath))
         return mbt_real.realpath(path, out);
@@ -173,9 +180,9 @@ void *__real_aligned_alloc(size_t align, size_t n);
 void *__real_memalign(size_t align, size_t n);
 char *__real_realpath(const char *path, char *out);
 
-static inline int mbt_in_pool(const void *p) { (void)p; return 0; }
-static inline size_t mbt_pool_size(const void *p) { (void)p; return 0; }
-static inline void mbt_ensure(void) {}
+MBT_NO_ASAN static inline int mbt_in_pool(const void *p) { (void)p; return 0; }
+MBT_NO_ASAN static inline size_t mbt_pool_size(const void *p) { (void)p; return 0; }
+MBT_NO_ASAN static inline void mbt_ensure(void) {}
 #define mbt_libc_malloc __real_malloc
 #define mbt_libc_calloc __real_calloc
 #define mbt_libc_realloc __real_realloc
@@ -189,7 +196,7 @@ static inline void mbt_ensure(void) {}
 
 /* ---- shared implementations (frame = the hook's own frame, for the frame-pointer walk) ---- */
 
-MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_malloc_impl(size_t n, void *frame)
+MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_malloc_impl(size_t n, void *frame)
 {
     if (mbt_in_recorder || !mbt_recording())
         return mbt_libc_malloc(n);
@@ -202,7 +209,7 @@ MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_malloc_impl(size_t n
     return p;
 }
 
-MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_realloc_impl(void *p, size_t n, void *frame)
+MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_realloc_impl(void *p, size_t n, void *frame)
 {
     if (mbt_in_pool(p)) { /* dlsym's early block moves to the real heap */
         void *q = mbt_malloc_impl(n, frame);
@@ -232,7 +239,7 @@ MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_realloc_impl(void *p
 
 enum mbt_align_kind { MBT_POSIX_MEMALIGN, MBT_ALIGNED_ALLOC, MBT_MEMALIGN };
 
-MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_memalign_impl(enum mbt_align_kind kind, void **out,
+MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_memalign_impl(enum mbt_align_kind kind, void **out,
                                                                        size_t align, size_t n, void *frame)
 {
     int guarded = mbt_in_recorder || !mbt_recording();
@@ -254,7 +261,7 @@ MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_memalign_impl(enum mbt
     return rc;
 }
 
-static size_t mbt_page_size(void)
+MBT_NO_ASAN static size_t mbt_page_size(void)
 {
     long n = sysconf(_SC_PAGESIZE);
     return n > 0 ? (size_t)n : 4096u;
@@ -262,9 +269,14 @@ static size_t mbt_page_size(void)
 
 /* ---- the hooks ---- */
 
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(malloc)(size_t n) { return mbt_malloc_impl(n, MBT_FRAME()); }
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(malloc)(size_t n)
+{
+    void *p = mbt_malloc_impl(n, MBT_FRAME());
+    MBT_KEEP_FRAME(p);
+    return p;
+}
 
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(calloc)(size_t n, size_t size)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(calloc)(size_t n, size_t size)
 {
     if (mbt_in_recorder || !mbt_recording())
         return mbt_libc_calloc(n, size);
@@ -277,18 +289,25 @@ MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(calloc)(size_t n, size_t size)
     return p;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(realloc)(void *p, size_t n) { return mbt_realloc_impl(p, n, MBT_FRAME()); }
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(realloc)(void *p, size_t n)
+{
+    void *q = mbt_realloc_impl(p, n, MBT_FRAME());
+    MBT_KEEP_FRAME(q);
+    return q;
+}
 
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(reallocarray)(void *p, size_t n, size_t size)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(reallocarray)(void *p, size_t n, size_t size)
 {
     if (size && n > SIZE_MAX / size) {
         errno = ENOMEM;
         return NULL;
     }
-    return mbt_realloc_impl(p, n * size, MBT_FRAME());
+    void *q = mbt_realloc_impl(p, n * size, MBT_FRAME());
+    MBT_KEEP_FRAME(q);
+    return q;
 }
 
-MBT_EXPORT void MBT_HOOK(free)(void *p)
+MBT_NO_ASAN MBT_EXPORT void MBT_HOOK(free)(void *p)
 {
     if (mbt_in_pool(p))
         return;
@@ -304,19 +323,21 @@ MBT_EXPORT void MBT_HOOK(free)(void *p)
     mbt_in_recorder--;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(posix_memalign)(void **out, size_t align, size_t n)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(posix_memalign)(void **out, size_t align, size_t n)
 {
-    return mbt_memalign_impl(MBT_POSIX_MEMALIGN, out, align, n, MBT_FRAME());
+    int rc = mbt_memalign_impl(MBT_POSIX_MEMALIGN, out, align, n, MBT_FRAME());
+    MBT_KEEP_FRAME(rc);
+    return rc;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(aligned_alloc)(size_t align, size_t n)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(aligned_alloc)(size_t align, size_t n)
 {
     void *p = NULL;
     mbt_memalign_impl(MBT_ALIGNED_ALLOC, &p, align, n, MBT_FRAME());
     return p;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(memalign)(size_t align, size_t n)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(memalign)(size_t align, size_t n)
 {
     void *p = NULL;
     mbt_memalign_impl(MBT_MEMALIGN, &p, align, n, MBT_FRAME());
@@ -324,14 +345,14 @@ MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(memalign)(size_t align, size_t n)
 }
 
 /* valloc/pvalloc through memalign: not every libc has them (musl has no pvalloc). */
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(valloc)(size_t n)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(valloc)(size_t n)
 {
     void *p = NULL;
     mbt_memalign_impl(MBT_MEMALIGN, &p, mbt_page_size(), n, MBT_FRAME());
     return p;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(pvalloc)(size_t n)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(pvalloc)(size_t n)
 {
     size_t page = mbt_page_size(), rounded = n ? (n + page - 1) & ~(page - 1) : page;
     void *p = NULL;
@@ -343,7 +364,7 @@ MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(pvalloc)(size_t n)
     return p;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strdup)(const char *s)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strdup)(const char *s)
 {
     size_t n = strlen(s) + 1;
     char *p = mbt_malloc_impl(n, MBT_FRAME());
@@ -352,7 +373,7 @@ MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strdup)(const char *s)
     return p;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strndup)(const char *s, size_t max)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strndup)(const char *s, size_t max)
 {
     size_t n = strnlen(s, max);
     char *p = mbt_malloc_impl(n + 1, MBT_FRAME());
@@ -363,7 +384,7 @@ MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strndup)(const char *s, size_t max)
     return p;
 }
 
-MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_vasprintf_impl(char **out, const char *fmt, va_list ap,
+MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_vasprintf_impl(char **out, const char *fmt, va_list ap,
                                                                         void *frame)
 {
     char small[256];
@@ -384,12 +405,14 @@ MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_vasprintf_impl(char **
     return len;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(vasprintf)(char **out, const char *fmt, va_list ap)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(vasprintf)(char **out, const char *fmt, va_list ap)
 {
-    return mbt_vasprintf_impl(out, fmt, ap, MBT_FRAME());
+    int len = mbt_vasprintf_impl(out, fmt, ap, MBT_FRAME());
+    MBT_KEEP_FRAME(len);
+    return len;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(asprintf)(char **out, const char *fmt, ...)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(asprintf)(char **out, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -398,7 +421,7 @@ MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(asprintf)(char **out, const char *fmt, 
     return len;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(realpath)(const char *path, char *resolved)
+MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(realpath)(const char *path, char *resolved)
 {
     if (resolved || mbt_in_recorder || !mbt_recording())
         return mbt_libc_realpath(path, resolved);

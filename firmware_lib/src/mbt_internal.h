@@ -111,7 +111,8 @@ extern struct mbt_counters mbt_counters;
 /* The settings the recorder runs with; dump-related fields change under the dump lock. */
 extern struct mbt_settings mbt_run;
 
-static inline int mbt_recording(void) { return __atomic_load_n(&mbt_state, __ATOMIC_ACQUIRE) == MBT_ON; }
+/* a macro, so it takes the sanitizer attributes of the hook it is used in */
+#define mbt_recording() (__atomic_load_n(&mbt_state, __ATOMIC_ACQUIRE) == MBT_ON)
 uint64_t mbt_now_ms(void);   /* CLOCK_MONOTONIC since the recorder first started */
 uint32_t mbt_tick_now(void); /* 10 ms units, coarse monotonic clock, lasts > 400 days */
 

@@ -313,14 +313,19 @@ MBT_CAPTURE_PATH static inline int mbt_api_record(void *addr, size_t len, void *
     return rc;
 }
 
+/* The asm after the call keeps it from being a tail call, which would drop the frame passed. */
 MBT_EXPORT MBT_CAPTURE_PATH int membt_record(void *addr, size_t len)
 {
-    return mbt_api_record(addr, len, __builtin_frame_address(0));
+    int rc = mbt_api_record(addr, len, __builtin_frame_address(0));
+    __asm__ volatile("" : : "r"(rc) : "memory");
+    return rc;
 }
 
 MBT_EXPORT MBT_CAPTURE_PATH int record_bt(void *addr, size_t len)
 {
-    return mbt_api_record(addr, len, __builtin_frame_address(0));
+    int rc = mbt_api_record(addr, len, __builtin_frame_address(0));
+    __asm__ volatile("" : : "r"(rc) : "memory");
+    return rc;
 }
 
 MBT_EXPORT int membt_unrecord(void *addr)

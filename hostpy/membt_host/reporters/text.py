@@ -29,7 +29,7 @@ class TextReporter:
     def render(self, out: TextIO) -> None:
         lines = self._header() + self._health()
         shown = self.summary.suspects[: self.top]
-        frames = 5 if self.live else 16
+        frames = 3 if self.live else 16
         for rank, suspect in enumerate(shown, 1):
             lines += self._suspect(rank, suspect, frames)
         hidden = len(self.summary.suspects) - len(shown)

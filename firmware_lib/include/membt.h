@@ -12,7 +12,18 @@
  *   MEMBT_DEFAULT_FORMAT       "wire"     [MEMBT_FORMAT]   wire (for membt-host, docs/protocol.md) or text
  *   MEMBT_DEFAULT_SIGNAL       0          [MEMBT_SIGNAL]   signal that asks for a dump now (0: none)
  *   MEMBT_DEFAULT_UNWIND       "auto"     [MEMBT_UNWIND]   stack capture backend
- * See README.md for the full table.
+ *   MEMBT_DEFAULT_FORK         1          [MEMBT_FORK]     on: a forked child keeps recording; off: it stops
+ *   MEMBT_DEFAULT_DISABLE      0          [MEMBT_DISABLE]  1: the hooks only pass through to libc
+ *   MEMBT_DEFAULT_QUIET        0          [MEMBT_QUIET]    1: no start banner on stderr
+ *   MEMBT_DEFAULT_DUMP_AT_EXIT 1          [MEMBT_DUMP_AT_EXIT] a last dump (reason exit) when the program exits
+ * See README.md for the full table (src/options.c holds the same table).
+ *
+ * The budget (B bytes, depth d) is split once (src/budget.c):
+ *   stack_cap  = largest power of two <= B/1024, within 64..1048576      64 MiB -> 65536 call stacks
+ *   frames     = stack_cap * d frames, at most B/4 bytes                  64 MiB -> 8 MiB
+ *   per stack  = record + age-scan slot + 2 index slots (72 B on 64-bit)
+ *   blocks     = the rest, 24 B slots (16 B on 32-bit) filled to 4/5:     64 MiB -> ~1.8 million live blocks
+ *                (30 B per live block on 64-bit, 20 B on 32-bit)
  */
 #ifndef MEMBT_H
 #define MEMBT_H
@@ -54,6 +65,18 @@ extern "C" {
 #endif
 #ifndef MEMBT_DEFAULT_UNWIND
 #define MEMBT_DEFAULT_UNWIND "auto"
+#endif
+#ifndef MEMBT_DEFAULT_FORK
+#define MEMBT_DEFAULT_FORK 1
+#endif
+#ifndef MEMBT_DEFAULT_DISABLE
+#define MEMBT_DEFAULT_DISABLE 0
+#endif
+#ifndef MEMBT_DEFAULT_QUIET
+#define MEMBT_DEFAULT_QUIET 0
+#endif
+#ifndef MEMBT_DEFAULT_DUMP_AT_EXIT
+#define MEMBT_DEFAULT_DUMP_AT_EXIT 1
 #endif
 
 typedef struct membt_config {

@@ -69,6 +69,7 @@ void mbt_buf_hex(struct mbt_buf *b, uint64_t v);
 /* ms as seconds with one decimal ("2.5") / up to three decimals, trailing zeros cut ("0.25") */
 void mbt_buf_secs(struct mbt_buf *b, uint64_t ms);
 void mbt_buf_secs_exact(struct mbt_buf *b, uint64_t ms);
+void mbt_buf_bytes(struct mbt_buf *b, uint64_t bytes); /* 65536 -> "64K" when exact */
 /* protocol.md escaping: bytes outside 0x21..0x7e and '%' as %XX; empty -> "-", "-" -> "%2D" */
 void mbt_buf_escaped(struct mbt_buf *b, const char *s, size_t max_in);
 /* write "membt: <text>\n" to stderr in one write() */

@@ -28,19 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef MEMBT_DEFAULT_FORK
-#define MEMBT_DEFAULT_FORK 1
-#endif
-#ifndef MEMBT_DEFAULT_DISABLE
-#define MEMBT_DEFAULT_DISABLE 0
-#endif
-#ifndef MEMBT_DEFAULT_QUIET
-#define MEMBT_DEFAULT_QUIET 0
-#endif
-#ifndef MEMBT_DEFAULT_DUMP_AT_EXIT
-#define MEMBT_DEFAULT_DUMP_AT_EXIT 1
-#endif
-
 #define MBT_MIN_BUDGET (64u * 1024u)
 #define MBT_MAX_SECONDS 4294967u /* ms fit in 32 bits */
 
@@ -253,10 +240,17 @@ static void mbt_option_value(struct mbt_buf *b, const struct mbt_option *o, cons
     switch (o->kind) {
     case MBT_OPT_SECONDS: mbt_buf_secs_exact(b, *(const uint32_t *)field); break;
     case MBT_OPT_COUNT: mbt_buf_u64(b, *(const uint32_t *)field); break;
-    case MBT_OPT_BYTES: mbt_buf_u64(b, *(const size_t *)field); break;
+    case MBT_OPT_BYTES: mbt_buf_bytes(b, *(const size_t *)field); break;
     case MBT_OPT_CHOICE:
     case MBT_OPT_OUTPUT: mbt_buf_str(b, field); break;
-    case MBT_OPT_SIGNAL: mbt_buf_u64(b, (uint64_t)*(const int *)field); break;
+    case MBT_OPT_SIGNAL: {
+        const char *name = mbt_signal_name(*(const int *)field);
+        if (name)
+            mbt_buf_str(b, name);
+        else
+            mbt_buf_u64(b, (uint64_t)*(const int *)field);
+        break;
+    }
     case MBT_OPT_SWITCH:
         if (o->offset == MBT_AT(fork_follow))
             mbt_buf_str(b, *(const int *)field ? "on" : "off");

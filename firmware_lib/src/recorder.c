@@ -267,19 +267,6 @@ __attribute__((destructor)) static void mbt_at_exit(void)
     mbt_in_recorder--;
 }
 
-static void mbt_buf_size(struct mbt_buf *b, uint64_t bytes)
-{
-    static const char units[] = "KMG";
-    int u = -1;
-    while (u < 2 && bytes >= 1024 && bytes % 1024 == 0) {
-        bytes /= 1024;
-        u++;
-    }
-    mbt_buf_u64(b, bytes);
-    if (u >= 0)
-        mbt_buf_char(b, units[u]);
-}
-
 void mbt_autostart(void)
 {
     membt_config cfg;
@@ -292,7 +279,7 @@ void mbt_autostart(void)
         mbt_buf_str(&b, MEMBT_VERSION " recording (unwind=");
         mbt_buf_str(&b, mbt_unwind_name());
         mbt_buf_str(&b, ", budget=");
-        mbt_buf_size(&b, cfg.budget_bytes);
+        mbt_buf_bytes(&b, cfg.budget_bytes);
         mbt_buf_str(&b, ", output=");
         mbt_buf_escaped(&b, cfg.output, 200);
         mbt_buf_char(&b, ')');

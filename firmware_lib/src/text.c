@@ -72,6 +72,19 @@ void mbt_buf_secs_exact(struct mbt_buf *b, uint64_t ms)
     mbt_buf_mem(b, tmp, n);
 }
 
+void mbt_buf_bytes(struct mbt_buf *b, uint64_t bytes)
+{
+    static const char units[] = "KMG";
+    int u = -1;
+    while (u < 2 && bytes >= 1024 && bytes % 1024 == 0) {
+        bytes /= 1024;
+        u++;
+    }
+    mbt_buf_u64(b, bytes);
+    if (u >= 0)
+        mbt_buf_char(b, units[u]);
+}
+
 void mbt_buf_escaped(struct mbt_buf *b, const char *s, size_t max_in)
 {
     static const char digits[] = "0123456789ABCDEF";

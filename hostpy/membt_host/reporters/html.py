@@ -8,7 +8,7 @@ from typing import TextIO
 
 from membt_host import __version__
 from membt_host.analysis import GROWING, MAYBE_LEAK, STABLE, TRANSIENT, DumpTotals, Summary, Suspect
-from membt_host.reporters import human_bytes, human_rate
+from membt_host.reporters import human_bytes, human_rate, plural
 
 CHART_W, CHART_H, PAD_L, PAD_B, PAD_T, PAD_R = 420, 120, 64, 22, 8, 8
 CLASS_COLOURS = {GROWING: "#c0392b", STABLE: "#2471a3", TRANSIENT: "#7f8c8d", MAYBE_LEAK: "#d68910"}
@@ -33,8 +33,9 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def chart(points: list[tuple[float, float]], colour: str, label: str) -> str:
-    """A small line chart of value over time, drawn as SVG."""
+def chart(points: list[tuple[float, float]], colour: str, label: str, span_t: tuple[float, float] | None = None) -> str:
+    """A small line chart of value over time, drawn as SVG; `span_t` is the time axis (all charts
+    of a page share the session's, so that they line up)."""
     w, h = CHART_W - PAD_L - PAD_R, CHART_H - PAD_T - PAD_B
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_W}" height="{CHART_H}" '
@@ -42,7 +43,7 @@ def chart(points: list[tuple[float, float]], colour: str, label: str) -> str:
         f'<rect x="{PAD_L}" y="{PAD_T}" width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>',
     ]
     if points:
-        t0, t1 = min(p[0] for p in points), max(p[0] for p in points)
+        t0, t1 = span_t or (min(p[0] for p in points), max(p[0] for p in points))
         top = max(max(p[1] for p in points), 1)
         span = (t1 - t0) or 1.0
 
@@ -128,19 +129,24 @@ class HtmlReporter:
             rows.append('<tr><td class="raw">no frames</td></tr>')
         facts = [
             ("growth", human_rate(s.growth_bytes_per_min)),
-            ("live", f"{p.live_blocks} blocks, {human_bytes(p.live_bytes)}"),
-            ("old", f"{p.old_blocks} blocks, {human_bytes(p.old_bytes)} (oldest {s.oldest_age_ms / 1000:.1f} s)"),
-            ("seen in", f"{s.dumps_seen} dumps"),
+            ("live", f"{plural(p.live_blocks, 'block')}, {human_bytes(p.live_bytes)}"),
+            (
+                "old",
+                f"{plural(p.old_blocks, 'block')}, {human_bytes(p.old_bytes)} (oldest {s.oldest_age_ms / 1000:.1f} s)",
+            ),
+            ("seen in", plural(s.dumps_seen, "dump")),
             ("threads", ", ".join(sorted(s.threads)) or "-"),
         ]
         fact_rows = "".join(f'<tr><th>{esc(k)}</th><td class="num">{esc(v)}</td></tr>' for k, v in facts)
         series = [(pt.t, pt.live_bytes) for pt in s.series]
+        dumps = self.summary.dumps
+        span_t = (dumps[0].t, dumps[-1].t) if dumps else None
         return (
             f'<div class="suspect"><div><div><b>#{rank}</b> '
             f'<span class="badge" style="background:{colour}">{esc(s.klass)}</span></div>'
             f"<table>{fact_rows}</table>"
             f'<table class="frames">{"".join(rows)}</table></div>'
-            f"<div>{chart(series, colour, f'live bytes of suspect #{rank} over time')}</div></div>"
+            f"<div>{chart(series, colour, f'live bytes of suspect #{rank} over time', span_t)}</div></div>"
         )
 
     def _problems(self) -> str:

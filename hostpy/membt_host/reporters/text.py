@@ -73,8 +73,8 @@ class TextReporter:
         threads = ", ".join(sorted(s.threads)) or "-"
         lines = [
             f" #{rank:<2} {s.klass.upper():<10} {human_rate(s.growth_bytes_per_min):>14}   "
-            f"live {p.live_blocks} blocks {human_bytes(p.live_bytes)}, "
-            f"old {p.old_blocks} blocks {human_bytes(p.old_bytes)} (oldest {s.oldest_age_ms / 1000:.1f} s)   "
+            f"live {plural(p.live_blocks, 'block')} {human_bytes(p.live_bytes)}, "
+            f"old {plural(p.old_blocks, 'block')} {human_bytes(p.old_bytes)} (oldest {s.oldest_age_ms / 1000:.1f} s)   "
             f"in {plural(s.dumps_seen, 'dump')}   thread {threads}"
         ]
         if not s.frames:

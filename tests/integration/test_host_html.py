@@ -21,6 +21,8 @@ def test_html_report_renders_suspects_and_chart(native_serial: SerialRun, chromi
     dom = rendering.dom
     for text in (LEAK_FUNCTION, CACHE_FUNCTION, SAMPLE_SOURCE, "growing", "stable"):
         assert text in dom, f"{text} missing from the rendered page"
+    # Ranked as in the JSON report: the leak comes before the cache on the page too.
+    assert dom.index(LEAK_FUNCTION) < dom.index(CACHE_FUNCTION), "the page does not list the leak first"
     charts = re.findall(r"<svg\b.*?</svg>", dom, re.DOTALL)
     assert charts, "no SVG chart in the rendered page"
     assert any(re.search(r"<(path|polyline|line|circle|rect)\b", svg) for svg in charts), "the SVG chart is empty"

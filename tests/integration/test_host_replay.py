@@ -43,7 +43,6 @@ def test_missing_file_is_one_line_error(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.describe()
     assert str(missing) in lines[0] and "Traceback" not in result.stderr, result.describe()
-    assert not (tmp_path / "r.json").exists() or result.report is not None
 
 
 def _damage(capture: bytes) -> tuple[bytes, int, list[int]]:
@@ -91,5 +90,7 @@ def test_corrupt_bytes_in_a_real_capture_are_counted_and_the_rest_analysed(nativ
     report = result.report
     assert_leak_found(report)
     assert report["dumps"]["count"] == len(still_complete), report["dumps"]
-    assert report["problems"]["corrupt_lines"] == broken_lines, report["problems"]
-    assert report["problems"]["incomplete_dumps"] == broken_lines, report["problems"]
+    problems = report["problems"]
+    assert problems["corrupt_lines"] == broken_lines, problems
+    assert problems["incomplete_dumps"] == broken_lines, problems
+    assert problems["noise_lines"] == 1, problems  # the spliced garbage line is console noise, not damage

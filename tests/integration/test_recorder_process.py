@@ -135,7 +135,7 @@ def test_text_format_reads_like_the_seed(x86_64_target: Any, parse_wire: Any) ->
     assert run.returncode == 0, run.describe()
     text = run.stdout.decode("ascii")
     assert "@MBT" not in text and parse_wire(run.stdout) == []
-    assert "thread0" in text
+    assert "current malloc buffer count" in text and "[maybe leak]" in text and "thread thread0" in text
     assert all(line.isprintable() for line in text.splitlines())
 
 

@@ -45,8 +45,9 @@ class ScenarioRun:
 
     @property
     def dump(self) -> Dump:
-        """The one dump a scenario asked for, which must be complete."""
-        dumps = self.dumps
+        """The one dump a scenario asked for with membt_dump(), which must be complete (the dump the
+        recorder writes when the process exits comes after it, with reason exit)."""
+        dumps = [dump for dump in self.dumps if dump.begin.get("reason") == "api"]
         assert len(dumps) == 1, f"expected one dump, got {len(dumps)}\n{self.output.read_text(errors='replace')}"
         assert dumps[0].complete, f"incomplete dump: {dumps[0].problems}"
         return dumps[0]
@@ -63,6 +64,7 @@ def scenario(x86_64_target: Any, probe_library: Path, tmp_path: Path) -> Scenari
         if name != "options":
             args = {"output": str(output), **args}
         process_env = {key: value for key, value in os.environ.items() if not key.startswith("MEMBT_")}
+        process_env["MEMBT_DUMP_AT_EXIT"] = "0"  # the file then holds only what the scenario asked for
         process_env.update(env or {})
         completed = subprocess.run(
             [sys.executable, str(HERE / "driver.py"), str(x86_64_target.libmembt), str(probe_library), name,

@@ -139,7 +139,9 @@ def test_text_format_is_for_people(scenario: Any, parse_wire: Any) -> None:
     assert b"@MBT" not in text and parse_wire(text) == []
     decoded = text.decode("ascii")
     assert all(line.isprintable() for line in decoded.splitlines())
-    assert "2000" in decoded and "7" in decoded  # the biggest group's bytes and the live block count
+    # the seed's words, with the totals and the biggest call stack's share
+    assert "current malloc buffer count: 7 blocks / 2045 bytes in 3 call stacks" in decoded, decoded
+    assert "2 blocks / 2000 bytes live" in decoded, decoded
 
 
 @pytest.mark.parametrize(("variable", "value", "field", "expected"), [

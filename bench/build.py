@@ -40,6 +40,14 @@ class Built:
     commands: dict[str, str]  # variant name -> the compile command
 
 
+def build_launcher() -> None:
+    """The measuring helper (launch.c); without it nothing can be measured, so a failure raises."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", str(BENCH / "launch.c"), "-o", str(OUT / "launch")], check=True
+    )
+
+
 def build_workloads() -> Built:
     OUT.mkdir(parents=True, exist_ok=True)
     built = Built({}, {}, {})
@@ -66,24 +74,29 @@ class Recorder:
     commit: str
 
 
-def build_recorder(run_scons: bool) -> Recorder:
-    """libmembt.so for x86_64 and armhf, built with the project's scons when asked."""
-    rec = Recorder({}, {}, _git_head())
+def build_recorder(tree: Path, run_scons: bool) -> Recorder:
+    """libmembt.so for x86_64 and armhf from the source tree `tree` (the repository, or an export
+    of one commit), built with the project's scons when asked."""
+    rec = Recorder({}, {}, _git_head(tree))
     for target, args in (("x86_64", []), ("armhf", ["arm=1"])):
-        lib = REPO / "build" / target / "lib" / "libmembt.so"
-        if run_scons and (REPO / "SConstruct").exists() and shutil.which("scons"):
+        lib = tree / "build" / target / "lib" / "libmembt.so"
+        if run_scons and (tree / "SConstruct").exists() and shutil.which("scons"):
             result = subprocess.run(
-                ["scons", "-Q", "-j2", *args], check=False, cwd=REPO, capture_output=True, text=True
+                ["scons", "-Q", "-j2", *args, str(lib.relative_to(tree))],  # only the library is needed
+                check=False,
+                cwd=tree,
+                capture_output=True,
+                text=True,
             )
             if result.returncode != 0:
                 rec.skipped[target] = "scons " + " ".join(args) + " failed: " + result.stderr.strip()[-300:]
                 continue
         if lib.exists() and not _exports(lib, "membt_init"):
-            rec.skipped[target] = f"{lib.relative_to(REPO)} does not export membt_init (recorder not written yet?)"
+            rec.skipped[target] = f"{lib} does not export membt_init (recorder not written yet?)"
         elif lib.exists():
             rec.lib[target] = lib
         elif target not in rec.skipped:
-            rec.skipped[target] = f"{lib.relative_to(REPO)} not built (no SConstruct yet, or scons failed)"
+            rec.skipped[target] = f"{lib} not built (no SConstruct yet, or scons failed)"
     return rec
 
 
@@ -98,9 +111,13 @@ def _exports(lib: Path, symbol: str) -> bool:
         return any(s.name == symbol and s["st_shndx"] != "SHN_UNDEF" for s in dynsym.iter_symbols())
 
 
-def _git_head() -> str:
+def _git_head(tree: Path) -> str:
+    """The commit the recorder was built from: git describe, or the MEMBT_COMMIT file of an export."""
+    stamp = tree / "MEMBT_COMMIT"
+    if stamp.exists():
+        return stamp.read_text().strip()
     result = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], check=False, cwd=REPO, capture_output=True, text=True
+        ["git", "describe", "--always", "--dirty"], check=False, cwd=tree, capture_output=True, text=True
     )
     return result.stdout.strip() or "unknown"
 

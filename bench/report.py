@@ -44,11 +44,11 @@ def _complete_text(q: dict | None) -> str:
         return "–"
     if q.get("error"):
         return f"error: {q['error'][:60]}"
-    return f"{q['complete']}/{q['stacks']}"
+    return f"{q['complete']}/{q['chain_stacks']}"
 
 
 def _is_complete(q: dict | None) -> bool:
-    return bool(q) and not q.get("error") and q.get("stacks", 0) > 0 and q["complete"] == q["stacks"]
+    return bool(q) and not q.get("error") and q.get("chain_stacks", 0) > 0 and q["complete"] == q["chain_stacks"]
 
 
 def _row_target(row: dict, quality: dict) -> tuple[str, str]:
@@ -112,42 +112,46 @@ def _summary(results: dict) -> list[str]:
             ("nofp", TARGET_NOFP, "without frame pointers, complete stacks"),
         ):
             default = _find(x86, f"membt-{build_name}-default", threads)
-            candidates = [
+            complete = [
                 r
                 for r in membt_rows
-                if r["build"] == build_name
-                and (build_name == "fp" or _is_complete(quality.get((build_name, r["backend"]))))
+                if r["build"] == build_name and _is_complete(quality.get((build_name, r["backend"])))
             ]
-            best = min(candidates, key=lambda r: r["ratio"][0]) if candidates else None
-            if default is None:
-                out.append(f"| membt ≤ {target:g}x {what}, {threads} thread(s) | not measured | – |")
+            best = min(complete, key=lambda r: r["ratio"][0]) if complete else None
+            name = f"membt ≤ {target:g}x {what}, {threads} thread(s)"
+            if default is None and best is None:
+                out.append(f"| {name} | not measured | – |")
                 continue
-            figure = f"default backend {default['ratio'][0]:.2f}x"
-            if best is not None and best is not default:
-                figure += f"; best complete backend `{best['backend']}` {best['ratio'][0]:.2f}x"
-            verdict = at_most(default["ratio"][0], target)
-            if build_name == "nofp":
-                if not _is_complete(quality.get(("nofp", "default"))):
-                    verdict += "; default backend's stacks incomplete"
-                heaptrack = _find(x86, "heaptrack-nofp", threads)
-                if heaptrack is not None:
-                    ahead = default["ratio"][0] < heaptrack["ratio"][0]
-                    figure += f"; heaptrack -r {heaptrack['ratio'][0]:.2f}x"
-                    verdict += "; ahead of heaptrack -r" if ahead else "; **not ahead of heaptrack -r**"
-            out.append(f"| membt ≤ {target:g}x {what}, {threads} thread(s) | {figure} | {verdict} |")
+            figure, verdict = [], []
+            if best is not None:
+                figure.append(f"fastest backend with complete stacks: `{best['backend']}` {best['ratio'][0]:.2f}x")
+                verdict.append(f"`{best['backend']}`: " + at_most(best["ratio"][0], target))
+            else:
+                verdict.append("no backend gives complete stacks")
+            if default is not None and default is not best:
+                figure.append(f"default backend {default['ratio'][0]:.2f}x")
+                verdict.append("default: " + at_most(default["ratio"][0], target))
+                if not _is_complete(quality.get((build_name, "default"))):
+                    verdict[-1] += ", stacks incomplete"
+            heaptrack = _find(x86, f"heaptrack-{build_name}", threads)
+            if build_name == "nofp" and heaptrack is not None and best is not None:
+                figure.append(f"heaptrack -r {heaptrack['ratio'][0]:.2f}x")
+                ahead = best["ratio"][0] < heaptrack["ratio"][0]
+                verdict.append("ahead of heaptrack -r" if ahead else "**not ahead of heaptrack -r**")
+            out.append(f"| {name} | {'; '.join(figure)} | {'; '.join(verdict)} |")
     for mem in results.get("memory", []):
-        target = TARGET_BYTES_32 if mem.get("ptr_bits") == 32 or mem["build"] == "armhf" else TARGET_BYTES_64
+        target = TARGET_BYTES_32 if mem["build"] == "armhf" else TARGET_BYTES_64
         bits = 32 if target == TARGET_BYTES_32 else 64
         if mem.get("error") or "budget_bytes_per_block" not in mem:
             out.append(f"| ≤ {target} B per live block, {bits}-bit | {mem.get('error', 'not measured')} | – |")
             continue
         figure = (
-            f"{mem['budget_bytes_per_block']:.1f} B/block from budget_used "
-            f"(RSS: {mem.get('rss_bytes_per_block', 0):.1f} B/block incl. stacks)"
+            f"{mem['budget_bytes_per_block']:.1f} B/block by budget_used; RSS: "
+            f"{mem['rss_bytes_per_block']:.1f} B/block more, over a fixed {mem['rss_fixed'] / MIB:.1f} MiB"
         )
         out.append(
             f"| ≤ {target} B per live block, {bits}-bit | {figure} | "
-            f"{at_most(mem['budget_bytes_per_block'], target, ' B')} |"
+            f"budget_used: {at_most(mem['budget_bytes_per_block'], target, ' B')} |"
         )
         inside = mem.get("dropped_blocks") == 0 and mem.get("budget_used", 0) <= mem.get("budget_total", 0)
         out.append(
@@ -188,18 +192,19 @@ def _summary(results: dict) -> list[str]:
 def _quality_table(results: dict) -> list[str]:
     out = [
         (
-            "| build | backend | stacks listed | frames per stack (median) | complete (≥ 14 frames in the workload) |"
-            " truncated at depth |"
+            "| build | backend | stacks listed | through the chain | complete (all 12 levels) "
+            "| frames per chain stack (median) | truncated at depth (captures) |"
         ),
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for q in results.get("stacks", []):
         if q.get("error"):
-            out.append(f"| {q['build']} | {q['backend']} | error: {q['error'][:100]} | | | |")
+            out.append(f"| {q['build']} | {q['backend']} | error: {q['error'][:100]} | | | | |")
             continue
         out.append(
-            f"| {q['build']} | {q['backend']} | {q['stacks']} | {q['median_frames']:g} | "
-            f"{q['complete']}/{q['stacks']} | {q['truncated_stacks']} (depth {q['depth']}) |"
+            f"| {q['build']} | {q['backend']} | {q['stacks']} | {q['chain_stacks']} | "
+            f"{q['complete']}/{q['chain_stacks']} | {q['median_frames']:g} | "
+            f"{q['truncated_stacks']:,} (depth {q['depth']}) |"
         )
     return out
 
@@ -208,20 +213,21 @@ def _memory_table(results: dict) -> list[str]:
     out = [
         (
             "| build | live blocks | budget_used | budget_used, 1,000 blocks | budget B/block | block_cap "
-            "| budget_total | RSS uninstrumented | RSS membt | RSS B/block | dropped blocks |"
+            "| budget_total | RSS uninstrumented | RSS membt | membt's RSS with 1,000 blocks | RSS B/block beyond that "
+            "| all membt RSS / live blocks | dropped blocks |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in results.get("memory", []):
         if m.get("error"):
-            out.append(f"| {m['build']} | {m['live']:,} | error: {m['error'][:100]} |||||||||")
+            out.append(f"| {m['build']} | {m['live']:,} | error: {m['error'][:100]} |||||||||||")
             continue
         out.append(
             f"| {m['build']}{' (qemu-arm)' if m['qemu'] else ''} | {m['live_blocks']:,} "
             f"| {m['budget_used'] / MIB:.1f} MiB | {m['budget_used_small'] / MIB:.2f} MiB "
-            f"| {m.get('budget_bytes_per_block', 0):.1f} | {m['block_cap']:,} | {m['budget_total'] / MIB:.0f} MiB "
-            f"| {m['rss_plain_kib'] / 1024:.1f} MiB | {m['rss_membt_kib'] / 1024:.1f} MiB "
-            f"| {m.get('rss_bytes_per_block', 0):.1f} | {m['dropped_blocks']:,} |"
+            f"| {m['budget_bytes_per_block']:.1f} | {m['block_cap']:,} | {m['budget_total'] / MIB:.0f} MiB "
+            f"| {m['rss_plain'] / MIB:.1f} MiB | {m['rss_membt'] / MIB:.1f} MiB | {m['rss_fixed'] / MIB:.1f} MiB "
+            f"| {m['rss_bytes_per_block']:.1f} | {m['rss_total_per_block']:.1f} | {m['dropped_blocks']:,} |"
         )
     return out
 
@@ -294,8 +300,10 @@ def render(results: dict) -> str:
         "## Stack completeness per backend",
         "",
         (
-            "One run per backend with every stack listed (`MEMBT_TOP=100000`); a stack is complete when it holds "
-            "the whole 12-level chain (≥ 14 frames inside the workload executable)."
+            "One run per backend with every stack listed (`MEMBT_TOP=1000`). A stack whose innermost workload "
+            "frame is in `alloc_leaf` came through the chain; it is complete when it holds the whole chain "
+            "(≥ 14 frames inside the workload: alloc_leaf, 12 levels, allocate_via_chain). The other stacks are "
+            "main's setup, stdio and pthread_create."
         ),
         "",
         *_quality_table(results),
@@ -305,9 +313,10 @@ def render(results: dict) -> str:
         "## Recorder memory per live block",
         "",
         (
-            "`--ops 0 --live N`: budget B/block = (budget_used at N − budget_used at 1,000 blocks) / (blocks "
-            "difference); RSS B/block = (RSS with membt − RSS uninstrumented) / N, which also counts the "
-            "interned stacks, the library and the reporter thread."
+            "`--ops 0 --live N`, 1 thread. budget B/block = (budget_used at N − budget_used at 1,000 blocks) / "
+            "(blocks difference). membt's RSS with 1,000 blocks = RSS with membt − RSS uninstrumented, both "
+            "holding 1,000 blocks: the recorder's fixed cost (library, tables touched, reporter thread). "
+            "RSS B/block beyond that = the growth of that difference from 1,000 to N blocks, per block."
         ),
         "",
         *_memory_table(results),

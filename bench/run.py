@@ -68,6 +68,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--no-install", action="store_true", help="never apt-get install missing tools")
     p.add_argument("--no-scons", action="store_true", help="use build/*/lib/libmembt.so as it is")
+    p.add_argument(
+        "--recorder-tree",
+        type=Path,
+        default=build.REPO,
+        help="source tree whose recorder is measured (default: this repository; e.g. an export of "
+        "one commit made with `git archive`, with the commit id in a MEMBT_COMMIT file)",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before one run is killed")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where latest.md/json go (default bench/results)")
     args = p.parse_args()
@@ -175,25 +182,48 @@ def qemu_rows(membt_arm: bool) -> list[Row]:
     return out
 
 
+def function_range(binary: Path, name: str) -> tuple[int, int]:
+    """Link-time [start, end) of a function in the workload (the Thumb bit cleared)."""
+    from elftools.elf.elffile import ELFFile
+
+    with binary.open("rb") as f:
+        for sym in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
+            if sym.name == name:
+                start = sym["st_value"] & ~1
+                return start, start + sym["st_size"]
+    raise LookupError(f"{name} not in {binary}")
+
+
 def stack_quality(ctx: rows.Context, builds: list[str], qemu: bool) -> list[dict]:
-    """For each backend: are the captured stacks complete? One run with many stacks listed."""
+    """For each backend: are the captured stacks complete? One run with every stack listed. A stack
+    whose innermost workload frame is in alloc_leaf came through the chain; it is complete when all
+    its levels are there. Other stacks (main's setup, stdio, pthread_create) are counted apart."""
     out = []
     for build_name in builds:
+        binary = ctx.binaries[build_name]
+        leaf_lo, leaf_hi = function_range(binary, "alloc_leaf")
         for backend in ["", "unwind"] if qemu else BACKENDS:
             row = Row("quality", "", build_name, "membt", "", backend, qemu=qemu)
             ops = max(ctx.ops // (QEMU_DIVISOR if qemu else 10), 1000)
             args = ["--threads", "1", "--ops", str(ops), "--live", "2000"]
-            _, dump, error = rows.run_once(ctx, row, 1, args, {"MEMBT_TOP": "100000"})
+            _, dump, error = rows.run_once(ctx, row, 1, args, {"MEMBT_TOP": "1000"})
             entry: dict = {"build": build_name, "backend": backend_name(backend), "error": error}
             if dump is not None:
-                exe = str(ctx.binaries[build_name].name)
-                own = [wire.frames_in(dump, s, exe) for s in dump.stacks.values()]
+                chain, complete, lengths = 0, 0, []
+                for stack in dump.stacks.values():
+                    own = [a for a in wire.link_time(dump, stack, binary.name) if a is not None]
+                    if own and leaf_lo <= own[0] - 1 < leaf_hi:  # a return address points after its call
+                        chain += 1
+                        lengths.append(len(stack))
+                        complete += len(own) >= CHAIN_FRAMES
                 entry.update(
                     stacks=len(dump.stacks),
-                    median_frames=statistics.median(len(s) for s in dump.stacks.values()) if dump.stacks else 0,
-                    complete=sum(1 for n in own if n >= CHAIN_FRAMES),
+                    chain_stacks=chain,
+                    complete=complete,
+                    median_frames=statistics.median(lengths) if lengths else 0,
                     depth=int(dump.begin.get("depth", "0")),
                     truncated_stacks=dump.counters.get("truncated_stacks", 0),
+                    groups_total=dump.end.get("groups_total", 0) if dump.end else 0,
                 )
             out.append(entry)
             print(f"  stacks {build_name} {backend_name(backend)}: {entry}", file=sys.stderr, flush=True)
@@ -201,14 +231,19 @@ def stack_quality(ctx: rows.Context, builds: list[str], qemu: bool) -> list[dict
 
 
 def memory_per_block(ctx: rows.Context, build_name: str, qemu: bool, live: int) -> dict:
-    """Recorder memory per live block: budget_used and RSS of a run holding `live` blocks against a
-    run holding few, and against the uninstrumented run."""
+    """Recorder memory per live block: budget_used and RSS of runs holding `live` blocks and 1,000
+    blocks, with and without membt (`--ops 0`: fill the live set, then exit)."""
     entry: dict = {"build": build_name, "live": live, "qemu": qemu}
     plain = Row("mem-plain", "", build_name, "plain", "", qemu=qemu)
     membt = Row("mem-membt", "", build_name, "membt", "", qemu=qemu)
     small = 1000
     runs = {}
-    for name, row, n in (("plain", plain, live), ("membt", membt, live), ("membt_small", membt, small)):
+    for name, row, n in (
+        ("plain", plain, live),
+        ("membt", membt, live),
+        ("plain_small", plain, small),
+        ("membt_small", membt, small),
+    ):
         result, dump, error = rows.run_once(ctx, row, 1, ["--threads", "1", "--ops", "0", "--live", str(n)])
         print(
             f"  memory {build_name} {name} live={n}: {result.wall_s:.2f} s {result.maxrss_kib / 1024:.1f} MiB {error}",
@@ -218,10 +253,11 @@ def memory_per_block(ctx: rows.Context, build_name: str, qemu: bool, live: int) 
         if error:
             entry["error"] = f"{name}: {error}"
             return entry
-        runs[name] = (result, dump)
+        runs[name] = (result.maxrss_kib, dump)
     big, small_dump = runs["membt"][1], runs["membt_small"][1]
     assert big is not None and small_dump is not None  # run_once reports a missing dump as an error
     c, s = big.counters, small_dump.counters
+    rss = {name: kib * 1024 for name, (kib, _) in runs.items()}
     entry.update(
         ptr_bits=int(big.begin.get("ptr_bits", "0")),
         live_blocks=c.get("live_blocks"),
@@ -233,14 +269,16 @@ def memory_per_block(ctx: rows.Context, build_name: str, qemu: bool, live: int) 
         budget_total=c.get("budget_total"),
         budget_used_small=s.get("budget_used"),
         live_blocks_small=s.get("live_blocks"),
-        rss_plain_kib=runs["plain"][0].maxrss_kib,
-        rss_membt_kib=runs["membt"][0].maxrss_kib,
+        rss_plain=rss["plain"],
+        rss_membt=rss["membt"],
+        rss_fixed=rss["membt_small"] - rss["plain_small"],  # what the recorder costs with few blocks
     )
     blocks = c.get("live_blocks", 0) - s.get("live_blocks", 0)
     if blocks > 0:
         entry["budget_bytes_per_block"] = (c.get("budget_used", 0) - s.get("budget_used", 0)) / blocks
-    if c.get("live_blocks"):
-        entry["rss_bytes_per_block"] = (entry["rss_membt_kib"] - entry["rss_plain_kib"]) * 1024 / c["live_blocks"]
+        extra_big = rss["membt"] - rss["plain"]
+        entry["rss_bytes_per_block"] = (extra_big - entry["rss_fixed"]) / blocks
+        entry["rss_total_per_block"] = extra_big / c["live_blocks"]
     return entry
 
 
@@ -310,8 +348,9 @@ def main() -> int:
     started = datetime.datetime.now(datetime.UTC)
     print(f"membt bench: rounds={args.rounds} ops={args.ops} threads={args.thread_counts}", file=sys.stderr)
     unavailable = ensure_tools(not args.no_install)
+    build.build_launcher()
     workloads = build.build_workloads()
-    recorder = build.build_recorder(not args.no_scons)
+    recorder = build.build_recorder(args.recorder_tree.resolve(), not args.no_scons)
     have = set(workloads.binaries) | {t for t in ("heaptrack", "valgrind") if t not in unavailable}
     skipped = {
         **{f"workload-{k}": v for k, v in workloads.skipped.items()},

@@ -19,7 +19,7 @@ class Dump:
     lines: int = 0
     begin: dict[str, str] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
-    modules: list[tuple[int, int, str]] = field(default_factory=list)  # (lo, hi, path)
+    modules: list[tuple[int, int, int, str]] = field(default_factory=list)  # (load_bias, lo, hi, path)
     stacks: dict[int, list[int]] = field(default_factory=dict)
     truncated: set[int] = field(default_factory=set)
     groups: list[list[str]] = field(default_factory=list)
@@ -60,7 +60,7 @@ def read_dumps(data: bytes) -> list[Dump]:
         if tag == "C":
             current.counters = {k: int(v) for k, v in _pairs(rest).items()}
         elif tag == "M":
-            current.modules.append((int(rest[2], 16), int(rest[3], 16), rest[5]))
+            current.modules.append((int(rest[1], 16), int(rest[2], 16), int(rest[3], 16), rest[5]))
         elif tag == "S":
             stack_id = int(rest[0])
             current.stacks[stack_id] = [int(a, 16) for a in rest[2:]]
@@ -78,7 +78,8 @@ def last_complete(data: bytes) -> Dump | None:
     return complete[-1] if complete else None
 
 
-def frames_in(dump: Dump, stack: list[int], path_suffix: str) -> int:
-    """How many frames of stack fall into the module whose path ends with path_suffix."""
-    ranges = [(lo, hi) for lo, hi, path in dump.modules if path.endswith(path_suffix)]
-    return sum(1 for a in stack if any(lo <= a < hi for lo, hi in ranges))
+def link_time(dump: Dump, stack: list[int], path_suffix: str) -> list[int | None]:
+    """Each frame of stack as a link-time address in the module whose path ends with path_suffix
+    (None for frames elsewhere)."""
+    mods = [(bias, lo, hi) for bias, lo, hi, path in dump.modules if path.endswith(path_suffix)]
+    return [next((a - bias for bias, lo, hi in mods if lo <= a < hi), None) for a in stack]

@@ -27,23 +27,15 @@
 #if defined(MBT_HOOKS_PRELOAD)
 #include <dlfcn.h>
 #define MBT_HOOK(name) name
-MBT_NO_ASAN void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi) { *lo = *hi = 0; }
+
 #elif defined(MBT_HOOKS_WRAP)
 #define MBT_HOOK(name) __wrap_##name
-/* Only here: in a shared object ld would export these section symbols. */
-extern char __start_mbt_text[] __attribute__((visibility("hidden")));
-extern char __stop_mbt_text[] __attribute__((visibility("hidden")));
-MBT_NO_ASAN void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi)
-{
-    *lo = (uintptr_t)__start_mbt_text;
-    *hi = (uintptr_t)__stop_mbt_text;
-}
+
 #else
 #error "build hooks.c with -DMBT_HOOKS_PRELOAD (libmembt.so) or -DMBT_HOOKS_WRAP (libmembt.a)"
 #endif
 
-#define MBT_FRAME() __builtin_frame_address(0)
-/* After the inner call: a tail call would drop the hook's frame that MBT_FRAME() handed down. */
+/* After the inner call: a tail call would drop the hook's frame that MBT_SITE() handed down. */
 #define MBT_KEEP_FRAME(v) __asm__ volatile("" : : "r"(v) : "memory")
 
 
@@ -194,9 +186,9 @@ MBT_NO_ASAN static inline void mbt_ensure(void) {}
 
 #endif
 
-/* ---- shared implementations (frame = the hook's own frame, for the frame-pointer walk) ---- */
+/* ---- shared implementations (site = where the program called the hook) ---- */
 
-MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_malloc_impl(size_t n, void *frame)
+MBT_NO_ASAN __attribute__((noinline)) static void *mbt_malloc_impl(size_t n, struct mbt_site site)
 {
     if (mbt_in_recorder || !mbt_recording())
         return mbt_libc_malloc(n);
@@ -204,15 +196,15 @@ MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_malloc_i
     mbt_in_recorder++;
     void *p = mbt_libc_malloc(n);
     if (p)
-        mbt_on_alloc(p, n, frame);
+        mbt_on_alloc(p, n, &site);
     mbt_in_recorder--;
     return p;
 }
 
-MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_realloc_impl(void *p, size_t n, void *frame)
+MBT_NO_ASAN __attribute__((noinline)) static void *mbt_realloc_impl(void *p, size_t n, struct mbt_site site)
 {
     if (mbt_in_pool(p)) { /* dlsym's early block moves to the real heap */
-        void *q = mbt_malloc_impl(n, frame);
+        void *q = mbt_malloc_impl(n, site);
         if (q) {
             size_t old = mbt_pool_size(p);
             memcpy(q, p, old < n ? old : n);
@@ -222,7 +214,7 @@ MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_realloc_
     if (mbt_in_recorder || !mbt_recording())
         return mbt_libc_realloc(p, n);
     if (!p)
-        return mbt_malloc_impl(n, frame);
+        return mbt_malloc_impl(n, site);
     mbt_ensure();
     mbt_in_recorder++;
     /* forget p before libc frees it: another thread may get the same address at once */
@@ -230,7 +222,7 @@ MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_realloc_
     int known = mbt_on_free(p, &old);
     void *q = mbt_libc_realloc(p, n);
     if (q)
-        mbt_on_alloc(q, n, frame); /* moved or not, the block now belongs to this caller */
+        mbt_on_alloc(q, n, &site); /* moved or not, the block now belongs to this caller */
     else if (n && known)
         mbt_on_restore(&old); /* failed: p is still the caller's */
     mbt_in_recorder--;
@@ -239,8 +231,8 @@ MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static void *mbt_realloc_
 
 enum mbt_align_kind { MBT_POSIX_MEMALIGN, MBT_ALIGNED_ALLOC, MBT_MEMALIGN };
 
-MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_memalign_impl(enum mbt_align_kind kind, void **out,
-                                                                       size_t align, size_t n, void *frame)
+MBT_NO_ASAN __attribute__((noinline)) static int mbt_memalign_impl(enum mbt_align_kind kind, void **out,
+                                                                       size_t align, size_t n, struct mbt_site site)
 {
     int guarded = mbt_in_recorder || !mbt_recording();
     int rc = 0;
@@ -255,7 +247,7 @@ MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_memalign_i
     }
     if (!guarded) {
         if (!rc && *out)
-            mbt_on_alloc(*out, n, frame);
+            mbt_on_alloc(*out, n, &site);
         mbt_in_recorder--;
     }
     return rc;
@@ -269,40 +261,42 @@ MBT_NO_ASAN static size_t mbt_page_size(void)
 
 /* ---- the hooks ---- */
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(malloc)(size_t n)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(malloc)(size_t n)
 {
-    void *p = mbt_malloc_impl(n, MBT_FRAME());
+    void *p = mbt_malloc_impl(n, MBT_SITE());
     MBT_KEEP_FRAME(p);
     return p;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(calloc)(size_t n, size_t size)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(calloc)(size_t n, size_t size)
 {
     if (mbt_in_recorder || !mbt_recording())
         return mbt_libc_calloc(n, size);
     mbt_ensure();
     mbt_in_recorder++;
     void *p = mbt_libc_calloc(n, size);
-    if (p)
-        mbt_on_alloc(p, n * size, MBT_FRAME());
+    if (p) {
+        struct mbt_site site = MBT_SITE();
+        mbt_on_alloc(p, n * size, &site);
+    }
     mbt_in_recorder--;
     return p;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(realloc)(void *p, size_t n)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(realloc)(void *p, size_t n)
 {
-    void *q = mbt_realloc_impl(p, n, MBT_FRAME());
+    void *q = mbt_realloc_impl(p, n, MBT_SITE());
     MBT_KEEP_FRAME(q);
     return q;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(reallocarray)(void *p, size_t n, size_t size)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(reallocarray)(void *p, size_t n, size_t size)
 {
     if (size && n > SIZE_MAX / size) {
         errno = ENOMEM;
         return NULL;
     }
-    void *q = mbt_realloc_impl(p, n * size, MBT_FRAME());
+    void *q = mbt_realloc_impl(p, n * size, MBT_SITE());
     MBT_KEEP_FRAME(q);
     return q;
 }
@@ -323,36 +317,36 @@ MBT_NO_ASAN MBT_EXPORT void MBT_HOOK(free)(void *p)
     mbt_in_recorder--;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(posix_memalign)(void **out, size_t align, size_t n)
+MBT_NO_ASAN MBT_EXPORT int MBT_HOOK(posix_memalign)(void **out, size_t align, size_t n)
 {
-    int rc = mbt_memalign_impl(MBT_POSIX_MEMALIGN, out, align, n, MBT_FRAME());
+    int rc = mbt_memalign_impl(MBT_POSIX_MEMALIGN, out, align, n, MBT_SITE());
     MBT_KEEP_FRAME(rc);
     return rc;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(aligned_alloc)(size_t align, size_t n)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(aligned_alloc)(size_t align, size_t n)
 {
     void *p = NULL;
-    mbt_memalign_impl(MBT_ALIGNED_ALLOC, &p, align, n, MBT_FRAME());
+    mbt_memalign_impl(MBT_ALIGNED_ALLOC, &p, align, n, MBT_SITE());
     return p;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(memalign)(size_t align, size_t n)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(memalign)(size_t align, size_t n)
 {
     void *p = NULL;
-    mbt_memalign_impl(MBT_MEMALIGN, &p, align, n, MBT_FRAME());
+    mbt_memalign_impl(MBT_MEMALIGN, &p, align, n, MBT_SITE());
     return p;
 }
 
 /* valloc/pvalloc through memalign: not every libc has them (musl has no pvalloc). */
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(valloc)(size_t n)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(valloc)(size_t n)
 {
     void *p = NULL;
-    mbt_memalign_impl(MBT_MEMALIGN, &p, mbt_page_size(), n, MBT_FRAME());
+    mbt_memalign_impl(MBT_MEMALIGN, &p, mbt_page_size(), n, MBT_SITE());
     return p;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(pvalloc)(size_t n)
+MBT_NO_ASAN MBT_EXPORT void *MBT_HOOK(pvalloc)(size_t n)
 {
     size_t page = mbt_page_size(), rounded = n ? (n + page - 1) & ~(page - 1) : page;
     void *p = NULL;
@@ -360,23 +354,23 @@ MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH void *MBT_HOOK(pvalloc)(size_t n)
         errno = ENOMEM;
         return NULL;
     }
-    mbt_memalign_impl(MBT_MEMALIGN, &p, page, rounded, MBT_FRAME());
+    mbt_memalign_impl(MBT_MEMALIGN, &p, page, rounded, MBT_SITE());
     return p;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strdup)(const char *s)
+MBT_NO_ASAN MBT_EXPORT char *MBT_HOOK(strdup)(const char *s)
 {
     size_t n = strlen(s) + 1;
-    char *p = mbt_malloc_impl(n, MBT_FRAME());
+    char *p = mbt_malloc_impl(n, MBT_SITE());
     if (p)
         memcpy(p, s, n);
     return p;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strndup)(const char *s, size_t max)
+MBT_NO_ASAN MBT_EXPORT char *MBT_HOOK(strndup)(const char *s, size_t max)
 {
     size_t n = strnlen(s, max);
-    char *p = mbt_malloc_impl(n + 1, MBT_FRAME());
+    char *p = mbt_malloc_impl(n + 1, MBT_SITE());
     if (p) {
         memcpy(p, s, n);
         p[n] = 0;
@@ -384,8 +378,8 @@ MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(strndup)(const char *s, s
     return p;
 }
 
-MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_vasprintf_impl(char **out, const char *fmt, va_list ap,
-                                                                        void *frame)
+MBT_NO_ASAN __attribute__((noinline)) static int mbt_vasprintf_impl(char **out, const char *fmt, va_list ap,
+                                                                        struct mbt_site site)
 {
     char small[256];
     va_list again;
@@ -394,7 +388,7 @@ MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_vasprintf_
     va_end(again);
     if (len < 0)
         return -1;
-    char *p = mbt_malloc_impl((size_t)len + 1, frame);
+    char *p = mbt_malloc_impl((size_t)len + 1, site);
     if (!p)
         return -1;
     if ((size_t)len < sizeof small)
@@ -405,23 +399,23 @@ MBT_NO_ASAN MBT_CAPTURE_PATH __attribute__((noinline)) static int mbt_vasprintf_
     return len;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(vasprintf)(char **out, const char *fmt, va_list ap)
+MBT_NO_ASAN MBT_EXPORT int MBT_HOOK(vasprintf)(char **out, const char *fmt, va_list ap)
 {
-    int len = mbt_vasprintf_impl(out, fmt, ap, MBT_FRAME());
+    int len = mbt_vasprintf_impl(out, fmt, ap, MBT_SITE());
     MBT_KEEP_FRAME(len);
     return len;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH int MBT_HOOK(asprintf)(char **out, const char *fmt, ...)
+MBT_NO_ASAN MBT_EXPORT int MBT_HOOK(asprintf)(char **out, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int len = mbt_vasprintf_impl(out, fmt, ap, MBT_FRAME());
+    int len = mbt_vasprintf_impl(out, fmt, ap, MBT_SITE());
     va_end(ap);
     return len;
 }
 
-MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(realpath)(const char *path, char *resolved)
+MBT_NO_ASAN MBT_EXPORT char *MBT_HOOK(realpath)(const char *path, char *resolved)
 {
     if (resolved || mbt_in_recorder || !mbt_recording())
         return mbt_libc_realpath(path, resolved);
@@ -429,7 +423,7 @@ MBT_NO_ASAN MBT_EXPORT MBT_CAPTURE_PATH char *MBT_HOOK(realpath)(const char *pat
     if (!mbt_libc_realpath(path, buf))
         return NULL;
     size_t n = strlen(buf) + 1;
-    char *p = mbt_malloc_impl(n, MBT_FRAME());
+    char *p = mbt_malloc_impl(n, MBT_SITE());
     if (!p) {
         errno = ENOMEM;
         return NULL;

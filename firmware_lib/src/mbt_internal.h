@@ -21,12 +21,19 @@
 struct mbt_block;
 
 #define MBT_EXPORT __attribute__((visibility("default")))
-/* Functions that can be on the call stack while a stack is captured live in this section, so
- * the recorder's own frames can be cut off even when it is linked into a static firmware. */
-#define MBT_CAPTURE_PATH __attribute__((section("mbt_text")))
+
+/* Where the program entered the recorder (a hook or an API call): that function's frame, for the
+ * frame-pointer walk, and its return address, the program's first frame - every frame captured
+ * before it is the recorder's own. Taken in the entry function itself, which must not end in a
+ * tail call (the frame would be gone). */
+struct mbt_site {
+    void *frame;
+    void *caller;
+};
+#define MBT_SITE() ((struct mbt_site){__builtin_frame_address(0), __builtin_return_address(0)})
 
 #define MBT_TOP_MAX 1000
-/* Recorder frames above the first program frame at capture time (hook, helpers, unwinder). */
+/* Recorder frames before the program's first frame at capture time (hook, helpers, unwinder). */
 #define MBT_OWN_FRAMES_MAX 12
 #define MBT_CAPTURE_MAX (MEMBT_MAX_DEPTH + MBT_OWN_FRAMES_MAX + 1)
 #define MBT_SHARDS 64
@@ -101,9 +108,6 @@ extern int mbt_state;
 extern __thread int mbt_in_recorder __attribute__((tls_model("initial-exec")));
 /* Set by hooks.c when its malloc is the one the process uses (preloaded or linked in). */
 extern int mbt_hooks_interposed;
-/* The recorder code that can be on the stack during a capture. libmembt.a (hooks.c built with
- * MBT_HOOKS_WRAP): the mbt_text section; libmembt.so: sets 0, 0 = the whole shared object. */
-void mbt_hooks_code_range(uintptr_t *lo, uintptr_t *hi);
 
 struct mbt_counters {
     mbt_counter dropped_blocks, dropped_stacks, truncated_stacks, unknown_frees, dumps;
@@ -117,7 +121,7 @@ extern struct mbt_settings mbt_run;
 uint64_t mbt_now_ms(void);   /* CLOCK_MONOTONIC since the recorder first started */
 uint32_t mbt_tick_now(void); /* 10 ms units, coarse monotonic clock, lasts > 400 days */
 
-MBT_CAPTURE_PATH int mbt_on_alloc(void *p, size_t size, void *frame); /* 0 tracked, -1 not */
+int mbt_on_alloc(void *p, size_t size, const struct mbt_site *site); /* 0 tracked, -1 not */
 /* Forget p; 1 when it was tracked (its entry in *old), 0 when unknown (counted). */
 int mbt_on_free(void *p, struct mbt_block *old);
 void mbt_on_restore(const struct mbt_block *old); /* a failed realloc keeps its block */
@@ -211,8 +215,8 @@ void mbt_stacks_unlock(void);
 /* ---- unwind.c: raw return addresses, recorder frames removed ---- */
 int mbt_unwind_select(const char *name, const char **why);
 const char *mbt_unwind_name(void);
-void mbt_unwind_init(void); /* finds the recorder's own code range, warms the unwinder up */
-MBT_CAPTURE_PATH unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, void *frame, int *truncated);
+void mbt_unwind_init(void); /* the recorder's own code range (fallback), unwinder warm-up */
+unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, const struct mbt_site *site, int *truncated);
 
 /* ---- modules.c: loaded objects that frames fall into ---- */
 struct mbt_module {

@@ -77,13 +77,13 @@ void mbt_ctl_reset_child(void) { pthread_mutex_init(&mbt_ctl, NULL); }
 /* ---- the hot path ---- */
 
 /* Returns 0 when the block is tracked, -1 when not (not recording, or the table is full). */
-MBT_CAPTURE_PATH __attribute__((noinline)) int mbt_on_alloc(void *p, size_t size, void *frame)
+__attribute__((noinline)) int mbt_on_alloc(void *p, size_t size, const struct mbt_site *site)
 {
     if (!mbt_recording())
         return -1;
     uintptr_t frames[MEMBT_MAX_DEPTH];
     int truncated = 0;
-    unsigned n = mbt_unwind_capture(frames, mbt_run.cfg.depth, frame, &truncated);
+    unsigned n = mbt_unwind_capture(frames, mbt_run.cfg.depth, site, &truncated);
     if (truncated)
         mbt_count_add(mbt_counters.truncated_stacks, 1);
     struct mbt_block b = {(uintptr_t)p, size, mbt_stacks_intern(frames, n, truncated), mbt_tick_now()};
@@ -290,27 +290,29 @@ void mbt_autostart(void)
 
 /* ---- the rest of the public API ---- */
 
-MBT_CAPTURE_PATH static inline int mbt_api_record(void *addr, size_t len, void *frame)
+static int mbt_api_record(void *addr, size_t len, const struct mbt_site *site)
 {
     if (!addr || !mbt_recording())
         return -1;
     mbt_in_recorder++;
-    int rc = mbt_on_alloc(addr, len, frame);
+    int rc = mbt_on_alloc(addr, len, site);
     mbt_in_recorder--;
     return rc;
 }
 
 /* The asm after the call keeps it from being a tail call, which would drop the frame passed. */
-MBT_EXPORT MBT_CAPTURE_PATH int membt_record(void *addr, size_t len)
+MBT_EXPORT int membt_record(void *addr, size_t len)
 {
-    int rc = mbt_api_record(addr, len, __builtin_frame_address(0));
+    struct mbt_site site = MBT_SITE();
+    int rc = mbt_api_record(addr, len, &site);
     __asm__ volatile("" : : "r"(rc) : "memory");
     return rc;
 }
 
-MBT_EXPORT MBT_CAPTURE_PATH int record_bt(void *addr, size_t len)
+MBT_EXPORT int record_bt(void *addr, size_t len)
 {
-    int rc = mbt_api_record(addr, len, __builtin_frame_address(0));
+    struct mbt_site site = MBT_SITE();
+    int rc = mbt_api_record(addr, len, &site);
     __asm__ volatile("" : : "r"(rc) : "memory");
     return rc;
 }

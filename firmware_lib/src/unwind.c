@@ -3,12 +3,21 @@
  *   fp     frame-pointer walk (x86, aarch64, ARM-mode code built -marm), with sanity checks
  *   unwind libgcc _Unwind_Backtrace: DWARF CFI, or ARM EHABI tables (-funwind-tables) on armhf
  *   glibc  backtrace() (glibc only; it also uses libgcc underneath)
- * "auto" is the per-target choice the build passes as -DMBT_UNWIND_AUTO=<name>, else "unwind". */
+ * "auto" is the per-target choice the build passes as -DMBT_UNWIND_AUTO=<name>, else "unwind".
+ * -DMBT_NO_LIBGCC_UNWIND leaves the libgcc backend out (a toolchain whose libgcc_eh does not
+ * fit its C library, like Debian's musl-gcc wrapper around the glibc-built libgcc).
+ * The recorder's own frames are those before the return address of the hook or API function the
+ * program called (struct mbt_site); when the unwinder never reaches it, the frames inside
+ * libmembt.so's own code are cut instead. */
 #include "mbt_internal.h"
 
 #include <link.h>
 #include <string.h>
+
+#ifndef MBT_NO_LIBGCC_UNWIND
 #include <unwind.h>
+#define MBT_HAVE_LIBGCC_UNWIND 1
+#endif
 
 #if defined(__GLIBC__)
 #include <execinfo.h>
@@ -57,7 +66,13 @@ static int mbt_backend_available(enum mbt_backend b, const char **why)
 {
     (void)why; /* set only where a backend is missing */
     switch (b) {
-    case MBT_UW_UNWIND: return 1;
+    case MBT_UW_UNWIND:
+#ifdef MBT_HAVE_LIBGCC_UNWIND
+        return 1;
+#else
+        *why = "MEMBT_UNWIND=unwind: this build of membt has no libgcc unwinder";
+        return 0;
+#endif
     case MBT_UW_FP:
 #ifdef MBT_HAVE_FP
         return 1;
@@ -76,6 +91,20 @@ static int mbt_backend_available(enum mbt_backend b, const char **why)
     return 0;
 }
 
+/* "auto" when the build's choice is not there: the first backend this build has. */
+static int mbt_first_available(const char **why)
+{
+    static const enum mbt_backend order[] = {MBT_UW_UNWIND, MBT_UW_FP, MBT_UW_GLIBC};
+    for (unsigned i = 0; i < sizeof order / sizeof order[0]; i++) {
+        if (mbt_backend_available(order[i], why)) {
+            mbt_backend = order[i];
+            return 0;
+        }
+    }
+    *why = "no stack unwinder in this build of membt";
+    return -1;
+}
+
 int mbt_unwind_select(const char *name, const char **why)
 {
     char autoname[16];
@@ -91,16 +120,10 @@ int mbt_unwind_select(const char *name, const char **why)
             mbt_backend = (enum mbt_backend)b;
             return 0;
         }
-        if (is_auto) { /* a build default this target cannot honour: the portable one */
-            mbt_backend = MBT_UW_UNWIND;
-            return 0;
-        }
-        return -1;
+        return is_auto ? mbt_first_available(why) : -1;
     }
-    if (is_auto) {
-        mbt_backend = MBT_UW_UNWIND;
-        return 0;
-    }
+    if (is_auto)
+        return mbt_first_available(why);
     *why = "MEMBT_UNWIND must be auto, fp, unwind or glibc";
     return -1;
 }
@@ -108,8 +131,7 @@ int mbt_unwind_select(const char *name, const char **why)
 /* ---- fp ---- */
 
 #ifdef MBT_HAVE_FP
-__attribute__((no_sanitize_address)) MBT_CAPTURE_PATH static unsigned
-mbt_fp_walk(uintptr_t *out, unsigned max, void *frame)
+__attribute__((no_sanitize_address)) static unsigned mbt_fp_walk(uintptr_t *out, unsigned max, void *frame)
 {
     uintptr_t here = (uintptr_t)__builtin_frame_address(0); /* callers' frames lie above */
     uintptr_t fp = (uintptr_t)(frame ? frame : __builtin_frame_address(0));
@@ -139,6 +161,7 @@ mbt_fp_walk(uintptr_t *out, unsigned max, void *frame)
 
 /* ---- unwind (libgcc) ---- */
 
+#ifdef MBT_HAVE_LIBGCC_UNWIND
 struct mbt_uw_walk {
     uintptr_t *out;
     unsigned n, max;
@@ -164,17 +187,18 @@ static _Unwind_Reason_Code mbt_uw_step(struct _Unwind_Context *ctx, void *arg)
     return _URC_NO_REASON;
 }
 
-MBT_CAPTURE_PATH __attribute__((noinline)) static unsigned mbt_uw_walk(uintptr_t *out, unsigned max)
+__attribute__((noinline)) static unsigned mbt_uw_walk(uintptr_t *out, unsigned max)
 {
     struct mbt_uw_walk w = {out, 0, max, 0};
     _Unwind_Backtrace(mbt_uw_step, &w);
     return w.n;
 }
+#endif
 
 /* ---- glibc ---- */
 
 #ifdef MBT_HAVE_GLIBC_BACKTRACE
-MBT_CAPTURE_PATH __attribute__((noinline)) static unsigned mbt_glibc_walk(uintptr_t *out, unsigned max)
+__attribute__((noinline)) static unsigned mbt_glibc_walk(uintptr_t *out, unsigned max)
 {
     void *raw[MBT_CAPTURE_MAX];
     int n = backtrace(raw, (int)max);
@@ -184,8 +208,19 @@ MBT_CAPTURE_PATH __attribute__((noinline)) static unsigned mbt_glibc_walk(uintpt
 }
 #endif
 
-MBT_CAPTURE_PATH __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, void *frame,
-                                                                      int *truncated)
+/* Return addresses as the program's caller left them vs. as the unwinder reports them: on ARM
+ * _Unwind_GetIP clears the Thumb bit that lr carries. */
+static inline int mbt_same_ip(uintptr_t captured, uintptr_t caller)
+{
+#if defined(__arm__)
+    return (captured | 1) == (caller | 1);
+#else
+    return captured == caller;
+#endif
+}
+
+__attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, const struct mbt_site *site,
+                                                      int *truncated)
 {
     uintptr_t raw[MBT_CAPTURE_MAX];
     unsigned want = depth + MBT_OWN_FRAMES_MAX + 1, n = 0;
@@ -194,7 +229,7 @@ MBT_CAPTURE_PATH __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t
     switch (mbt_backend) {
     case MBT_UW_FP:
 #ifdef MBT_HAVE_FP
-        n = mbt_fp_walk(raw, want, frame);
+        n = mbt_fp_walk(raw, want, site->frame);
 #endif
         break;
     case MBT_UW_GLIBC:
@@ -202,12 +237,20 @@ MBT_CAPTURE_PATH __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t
         n = mbt_glibc_walk(raw, want);
 #endif
         break;
-    case MBT_UW_UNWIND: n = mbt_uw_walk(raw, want); break;
+    case MBT_UW_UNWIND:
+#ifdef MBT_HAVE_LIBGCC_UNWIND
+        n = mbt_uw_walk(raw, want);
+#endif
+        break;
     }
-    (void)frame;
     unsigned skip = 0;
-    while (skip < n && raw[skip] >= mbt_own_lo && raw[skip] < mbt_own_hi)
+    while (skip < n && skip <= MBT_OWN_FRAMES_MAX && !mbt_same_ip(raw[skip], (uintptr_t)site->caller))
         skip++;
+    if (skip >= n || skip > MBT_OWN_FRAMES_MAX) {
+        skip = 0;
+        while (skip < n && raw[skip] >= mbt_own_lo && raw[skip] < mbt_own_hi)
+            skip++;
+    }
     unsigned avail = n - skip;
     *truncated = avail > depth || n >= want;
     if (avail > depth)
@@ -242,26 +285,24 @@ static int mbt_own_cb(struct dl_phdr_info *info, size_t size, void *arg)
     }
     if (!mine)
         return 0;
-    s->lo = lo;
-    s->hi = hi;
+    /* Linked into the program itself (libmembt.a): its code range is the program's, no use. */
+    if (info->dlpi_name && info->dlpi_name[0]) {
+        s->lo = lo;
+        s->hi = hi;
+    }
     return 1;
 }
 
 void mbt_unwind_init(void)
 {
-    /* libmembt.a inside a program: the functions that can be on the stack during a capture,
-     * gathered in the mbt_text section. libmembt.so: all of its code. */
-    mbt_hooks_code_range(&mbt_own_lo, &mbt_own_hi);
-    if (mbt_own_lo == mbt_own_hi) {
-        struct mbt_own_search s = {(uintptr_t)mbt_unwind_capture, 0, 0};
-        if (dl_iterate_phdr(mbt_own_cb, &s) && s.lo < s.hi) {
-            mbt_own_lo = s.lo;
-            mbt_own_hi = s.hi;
-        }
-    }
+    struct mbt_own_search s = {(uintptr_t)mbt_unwind_capture, 0, 0};
+    dl_iterate_phdr(mbt_own_cb, &s);
+    mbt_own_lo = s.lo;
+    mbt_own_hi = s.hi;
     /* The first capture may load libgcc_s and allocate (glibc backtrace dlopens it): do it now,
      * under the caller's recursion guard, not inside the program's first malloc. */
     uintptr_t frames[MBT_CAPTURE_MAX];
     int truncated;
-    mbt_unwind_capture(frames, MEMBT_MAX_DEPTH, __builtin_frame_address(0), &truncated);
+    struct mbt_site site = MBT_SITE();
+    mbt_unwind_capture(frames, MEMBT_MAX_DEPTH, &site, &truncated);
 }

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 from pathlib import Path
 
 from support.expect import assert_leak_found
@@ -39,9 +42,10 @@ def test_ssh_remote_command_runs_the_recorded_program(native: Target, sshd: SshS
     """--remote-cmd: the dumps are whatever the remote command prints. Here it starts the program on
     the board with the recorder on its stderr (the default), sent down the ssh channel while the
     program's own output is thrown away, like a daemon started from a login shell."""
-    report, record = tmp_path / "report.json", tmp_path / "capture.raw"
+    report, record, pid_file = tmp_path / "report.json", tmp_path / "capture.raw", tmp_path / "board.pid"
     env = native.recorder_env("stderr")
-    command = " ".join([*(f"{name}={shlex.quote(value)}" for name, value in env.items()),
+    command = " ".join([f"echo $$ > {shlex.quote(str(pid_file))};",  # exec keeps the pid: the test ends it
+                        *(f"{name}={shlex.quote(value)}" for name, value in env.items()),
                         "exec", shlex.quote(str(native.leaky_server)), str(SERVER_SECONDS), "2>&1", ">/dev/null"])
     host = HostRun([*sshd.host_args(), "--remote-cmd", command, "--dumps", str(LIVE_DUMPS), "--json", str(report),
                     "--record", str(record), "--sysroot", "/"], tmp_path)
@@ -49,6 +53,10 @@ def test_ssh_remote_command_runs_the_recorded_program(native: Target, sshd: SshS
         result = host.wait(HOST_TIMEOUT_S)
     finally:
         host.stop()
+        # Once ssh is gone the remote program gets EPIPE, which the recorder survives by design.
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
     assert result.returncode == 0, f"{result.describe()}\n--- sshd ---\n{sshd.log.read_text()[-3000:]}"
     assert len(complete_dump_numbers(record.read_bytes())) >= LIVE_DUMPS
     assert_leak_found(result.report)

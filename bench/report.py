@@ -67,9 +67,10 @@ def _rows_table(rows: list[dict], quality: dict, threads: int, qemu: bool) -> li
     out = [
         (
             "| row | build | wall s, median (min–max) | slowdown, median (min–max) | target | verdict "
+            "| extra µs per allocation "
             "| peak RSS MiB | RSS over baseline MiB | recorder budget_used MiB | complete stacks |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["threads"] != threads:
@@ -87,7 +88,8 @@ def _rows_table(rows: list[dict], quality: dict, threads: int, qemu: bool) -> li
             label += "; slowdown against plain-fp-reduced"
         out.append(
             f"| {row['key']} | {row['build']} | {_mmm(row['wall_s'])} | {_mmm(row['ratio'], '{:.2f}')}"
-            f" | {target} | {verdict} | {_mmm(row['maxrss_kib'], '{:.1f}', 1024)}"
+            f" | {target} | {verdict} | {_mmm(row['extra_us_per_alloc'], '{:.2f}')}"
+            f" | {_mmm(row['maxrss_kib'], '{:.1f}', 1024)}"
             f" | {_mmm(row['extra_rss_kib'], '{:.1f}', 1024)} | {budget} | {complete} |"
         )
         out[-1] = out[-1].replace(f"| {row['key']} |", f"| {row['key']} ({label}) |", 1)

@@ -41,6 +41,7 @@ class Sample:
     ratio: float
     maxrss_kib: int
     extra_rss_kib: int
+    extra_us_per_alloc: float  # (wall - baseline wall) per allocation call of one thread
     dump: dict[str, int] = field(default_factory=dict)  # C record of the final dump (membt rows)
 
 
@@ -155,12 +156,15 @@ def run_rounds(ctx: Context, rows: list[Row], thread_counts: list[int], rounds: 
                     continue
                 result, dump = runs[row.key]
                 base = runs[row.baseline][0]
+                # each operation makes exactly one allocation call; filling the live set makes one per block
+                allocs_per_thread = ctx.ops // row.ops_divisor + ctx.live // threads
                 results[(row.key, threads)].samples.append(
                     Sample(
                         wall_s=result.wall_s,
                         ratio=result.wall_s / base.wall_s,
                         maxrss_kib=result.maxrss_kib,
                         extra_rss_kib=result.maxrss_kib - base.maxrss_kib,
+                        extra_us_per_alloc=(result.wall_s - base.wall_s) * 1e6 / allocs_per_thread,
                         dump=dict(dump.counters) if dump else {},
                     )
                 )

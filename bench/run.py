@@ -335,7 +335,7 @@ def summarize(results: list[rows.RowResult]) -> list[dict]:
             "failures": r.failures,
             "samples": [asdict(s) for s in r.samples],
         }
-        for name in ("wall_s", "ratio", "maxrss_kib", "extra_rss_kib"):
+        for name in ("wall_s", "ratio", "maxrss_kib", "extra_rss_kib", "extra_us_per_alloc"):
             entry[name] = r.stat(name)
         budgets = [s.dump.get("budget_used") for s in r.samples if s.dump.get("budget_used") is not None]
         entry["budget_used"] = statistics.median(budgets) if budgets else None

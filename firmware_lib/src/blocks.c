@@ -25,6 +25,13 @@ static inline uint32_t mbt_home(const struct mbt_shard *s, uint64_t h)
 }
 static inline uint32_t mbt_next(const struct mbt_shard *s, uint32_t i) { return i + 1 == s->slots ? 0 : i + 1; }
 
+/* used/bytes change under the shard lock and are read without it by stats: atomic stores */
+static inline void mbt_shard_count(struct mbt_shard *s, int blocks, size_t add, size_t sub)
+{
+    __atomic_store_n(&s->used, s->used + (uint32_t)blocks, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->bytes, s->bytes + add - sub, __ATOMIC_RELAXED);
+}
+
 void mbt_blocks_setup(struct mbt_block *mem, size_t slots)
 {
     uint32_t per = (uint32_t)(slots / MBT_SHARDS);
@@ -62,9 +69,8 @@ int mbt_blocks_insert(const struct mbt_block *b)
          * recorded twice through the API): the newest owner wins. */
         struct mbt_block *old = &s->tab[i];
         mbt_stacks_account(mbt_stack_get(old->stack_id), old->size, 0);
-        s->bytes -= old->size;
+        mbt_shard_count(s, 0, b->size, old->size);
         *old = *b;
-        s->bytes += b->size;
         mbt_stacks_account(mbt_stack_get(b->stack_id), b->size, 1);
         mbt_lock_release(&s->lock);
         return MBT_BLOCK_REPLACED;
@@ -74,8 +80,7 @@ int mbt_blocks_insert(const struct mbt_block *b)
         return MBT_BLOCK_FULL;
     }
     s->tab[i] = *b;
-    s->used++;
-    s->bytes += b->size;
+    mbt_shard_count(s, 1, b->size, 0);
     /* under the shard lock, so a free of the same address cannot run the counters below zero */
     mbt_stacks_account(mbt_stack_get(b->stack_id), b->size, 1);
     mbt_lock_release(&s->lock);
@@ -98,8 +103,7 @@ int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out)
     }
     *out = s->tab[i];
     mbt_stacks_account(mbt_stack_get(out->stack_id), out->size, 0);
-    s->used--;
-    s->bytes -= out->size;
+    mbt_shard_count(s, -1, 0, out->size);
     /* Backward-shift delete: pull later entries of the probe run into the hole unless their home
      * lies cyclically in (hole, j]; no tombstones, so lookups stay short forever. */
     uint32_t j = i;

@@ -117,7 +117,10 @@ MBT_NO_ASAN static inline void mbt_ensure(void)
 /* Each libc call resolves on first use, unless we are inside dlsym already (guard set). */
 #define MBT_LIBC(fn) (mbt_real.fn ? 1 : mbt_in_recorder ? 0 : (mbt_resolve(), mbt_real.fn != NULL))
 
-MBT_NO_ASAN static void *mbt_libc_malloc(size_t n) { return MBT_LIBC(malloc) ? mbt_real.malloc(n) : mbt_pool_alloc(n, 16); }
+MBT_NO_ASAN static void *mbt_libc_malloc(size_t n)
+{
+    return MBT_LIBC(malloc) ? mbt_real.malloc(n) : mbt_pool_alloc(n, 16);
+}
 
 MBT_NO_ASAN static void *mbt_libc_calloc(size_t n, size_t size)
 {
@@ -128,7 +131,10 @@ MBT_NO_ASAN static void *mbt_libc_calloc(size_t n, size_t size)
     return mbt_pool_alloc(n * size, 16); /* the static pool is zero and never reused */
 }
 
-MBT_NO_ASAN static void *mbt_libc_realloc(void *p, size_t n) { return MBT_LIBC(realloc) ? mbt_real.realloc(p, n) : NULL; }
+MBT_NO_ASAN static void *mbt_libc_realloc(void *p, size_t n)
+{
+    return MBT_LIBC(realloc) ? mbt_real.realloc(p, n) : NULL;
+}
 
 MBT_NO_ASAN static void mbt_libc_free(void *p)
 {

@@ -244,7 +244,7 @@ void mbt_sink_child(void); /* after fork: a TCP connection belongs to the parent
 extern mbt_lock mbt_dump_lock;
 long mbt_dump_now(const char *reason, unsigned wait_ms); /* -1 when it could not dump */
 int mbt_reporter_start(const char **why);
-void mbt_reporter_stop(int join);
+void mbt_reporter_stop(int wait_ms); /* < 0: join however long it takes */
 void mbt_reporter_poke(void); /* dump settings changed: recompute the timer */
 int mbt_reporter_running(void);
 int mbt_signal_install(int sig, const char **why);

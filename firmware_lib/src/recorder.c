@@ -241,7 +241,7 @@ MBT_EXPORT void membt_shutdown(void)
     mbt_in_recorder++;
     mbt_ctl_lock();
     if (mbt_recording()) {
-        mbt_reporter_stop(1);
+        mbt_reporter_stop(-1);
         mbt_signal_restore();
         mbt_dump_now("exit", 0);
         mbt_lock_acquire(&mbt_dump_lock);
@@ -263,7 +263,7 @@ __attribute__((destructor)) static void mbt_at_exit(void)
     if (mbt_run.dump_at_exit)
         mbt_dump_now("exit", 2000);
     __atomic_store_n(&mbt_state, MBT_OFF, __ATOMIC_RELEASE);
-    mbt_reporter_stop(0);
+    mbt_reporter_stop(1000);
     mbt_in_recorder--;
 }
 

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MBT_REPORTER_STACK (256u * 1024u)
@@ -22,6 +23,7 @@ mbt_lock mbt_dump_lock;
 static int mbt_wake[2] = {-1, -1};
 static pthread_t mbt_thread;
 static int mbt_thread_running;
+static int mbt_thread_done; /* set by the reporter as the last thing it does */
 static int mbt_sig;
 static struct sigaction mbt_old_action;
 static int mbt_fork_locked;
@@ -74,8 +76,10 @@ static void *mbt_reporter_main(void *arg)
             ssize_t n;
             while ((n = read(mbt_wake[0], buf, sizeof buf)) > 0) {
                 for (ssize_t i = 0; i < n; i++) {
-                    if (buf[i] == 'q')
+                    if (buf[i] == 'q') {
+                        __atomic_store_n(&mbt_thread_done, 1, __ATOMIC_RELEASE);
                         return NULL;
+                    }
                     if (buf[i] == 's')
                         want_signal = 1;
                     if (buf[i] == 'c')
@@ -114,6 +118,7 @@ int mbt_reporter_start(const char **why)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, MBT_REPORTER_STACK);
+    mbt_thread_done = 0;
     int rc = pthread_create(&mbt_thread, &attr, mbt_reporter_main, NULL);
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -125,12 +130,18 @@ int mbt_reporter_start(const char **why)
     return 0;
 }
 
-void mbt_reporter_stop(int join)
+void mbt_reporter_stop(int wait_ms)
 {
     if (!mbt_thread_running)
         return;
     mbt_wake_up('q');
-    if (join)
+    /* At exit or dlclose a reporter stuck on a slow output must not hold the program; but a
+     * reporter that has finished is joined, so its code is not unmapped under it. */
+    for (int waited = 0; waited < wait_ms && !__atomic_load_n(&mbt_thread_done, __ATOMIC_ACQUIRE); waited++) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    if (wait_ms < 0 || __atomic_load_n(&mbt_thread_done, __ATOMIC_ACQUIRE))
         pthread_join(mbt_thread, NULL);
     else
         pthread_detach(mbt_thread);

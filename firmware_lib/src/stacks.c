@@ -86,7 +86,7 @@ uint32_t mbt_stacks_intern(const uintptr_t *frames, unsigned n, int truncated)
     s->nframes = (uint16_t)n;
     s->truncated = truncated != 0;
     memcpy(mbt_frames + mbt_frames_used, frames, n * sizeof *frames);
-    mbt_frames_used += n;
+    __atomic_store_n(&mbt_frames_used, mbt_frames_used + n, __ATOMIC_RELAXED); /* read by stats */
     /* the first allocating thread names the stack (prctl does not allocate) */
     memset(s->thread, 0, sizeof s->thread);
     prctl(PR_GET_NAME, (unsigned long)s->thread, 0, 0, 0);

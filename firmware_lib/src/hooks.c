@@ -237,8 +237,8 @@ MBT_NO_ASAN __attribute__((noinline)) static void *mbt_realloc_impl(void *p, siz
 
 enum mbt_align_kind { MBT_POSIX_MEMALIGN, MBT_ALIGNED_ALLOC, MBT_MEMALIGN };
 
-MBT_NO_ASAN __attribute__((noinline)) static int mbt_memalign_impl(enum mbt_align_kind kind, void **out,
-                                                                       size_t align, size_t n, struct mbt_site site)
+MBT_NO_ASAN __attribute__((noinline)) static int mbt_memalign_impl(enum mbt_align_kind kind, void **out, size_t align,
+                                                                   size_t n, struct mbt_site site)
 {
     int guarded = mbt_in_recorder || !mbt_recording();
     int rc = 0;
@@ -385,7 +385,7 @@ MBT_NO_ASAN MBT_EXPORT char *MBT_HOOK(strndup)(const char *s, size_t max)
 }
 
 MBT_NO_ASAN __attribute__((noinline)) static int mbt_vasprintf_impl(char **out, const char *fmt, va_list ap,
-                                                                        struct mbt_site site)
+                                                                    struct mbt_site site)
 {
     char small[256];
     va_list again;

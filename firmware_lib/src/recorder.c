@@ -196,8 +196,7 @@ static int mbt_start_locked(const membt_config *cfg)
 
     mbt_run = mbt_env;
     mbt_run.cfg = *cfg;
-    mbt_lock_release(&mbt_dump_lock);
-    mbt_sink_open(cfg->output);
+    mbt_sink_open(cfg->output); /* not recording: no dump can be using the sink */
     mbt_dump_reset_numbering();
     mbt_unwind_init();
     mbt_fork_handlers_register();

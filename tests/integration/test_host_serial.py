@@ -30,6 +30,17 @@ def test_serial_pty_ranks_the_strdup_leak_first_and_the_cache_stable(native_seri
     assert_leak_found(native_serial.result.report)
 
 
+def test_serial_live_view_shows_the_leak_as_it_happens(native_serial: SerialRun) -> None:
+    """While watching, the terminal shows each dump with the growing call stack and its source line."""
+    view = native_serial.result.stdout
+    report = native_serial.result.report
+    _, leak = find_suspect(report, LEAK_FUNCTION)
+    line = next(f["line"] for f in leak["frames"] if f["function"] == LEAK_FUNCTION)
+    assert re.search(rf"{LEAK_FUNCTION} \(\S*leaky_server\.c:{line}\)", view), view[-3000:]
+    assert re.search(r"\bgrowing\b", view, re.IGNORECASE), view[-3000:]
+    assert len(re.findall(r"\bdump \d+\b", view)) >= LIVE_DUMPS, view[-3000:]
+
+
 def test_serial_pty_loses_nothing_on_a_clean_line(native_serial: SerialRun) -> None:
     """Every dump the board wrote while the host listened arrives whole: none corrupt, none incomplete,
     and the host stopped after exactly --dumps complete dumps, in order."""

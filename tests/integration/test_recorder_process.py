@@ -19,16 +19,28 @@ HOOKS = {"malloc", "calloc", "realloc", "reallocarray", "free", "posix_memalign"
 QUIET = {"MEMBT_QUIET": "1"}
 
 
-def test_fork_child_and_parent_both_finish(any_target: Any) -> None:
+# qemu-user 7.2 (Debian 12) aborts when the forked child of a threaded process starts a thread
+# ("cpu == current_cpu" / "qemu_plugin_vcpu_init_hook" assertions), with or without membt; a child
+# that keeps recording starts its own reporter thread, so that case runs only natively.
+QEMU_FORK_THREADS = "qemu-user cannot start a thread in the forked child of a threaded process"
+
+
+@pytest.mark.parametrize("follow", ["on", "off"])
+def test_fork_child_and_parent_both_finish(any_target: Any, follow: str) -> None:
+    if follow == "on" and any_target.emulated:
+        pytest.skip(QEMU_FORK_THREADS)
     forks = 30
     run = any_target.run([any_target.bin("fork-sample"), str(forks)],
-                         {**QUIET, "MEMBT_INTERVAL": "0.1", "MEMBT_OUTPUT": "/dev/null"}, preload=True, timeout=120)
+                         {**QUIET, "MEMBT_FORK": follow, "MEMBT_INTERVAL": "0.1", "MEMBT_OUTPUT": "/dev/null"},
+                         preload=True, timeout=120)
     assert run.returncode == 0, run.describe()
     assert f"fork-sample parent done: {forks} children, 0 failed".encode() in run.stdout
     assert run.stdout.count(b"fork-sample child") == forks
 
 
 def test_forked_children_keep_recording(any_target: Any, parse_wire: Any) -> None:
+    if any_target.emulated:
+        pytest.skip(QEMU_FORK_THREADS)
     run = any_target.run([any_target.bin("fork-sample"), "3"], {**QUIET, "MEMBT_OUTPUT": "stderr"}, preload=True)
     assert run.returncode == 0, run.describe()
     dumps = [dump for dump in parse_wire(run.stderr) if dump.complete and dump.begin["reason"] == "exit"]

@@ -26,6 +26,7 @@ def describe(report: dict[str, Any]) -> str:
                      f"old={suspect.get('old_bytes')}B growth={suspect.get('growth_bytes_per_min')}B/min\n    "
                      + _frames_text(suspect))
     lines.append(f"problems: {report.get('problems')}")
+    lines.append(f"threads: {[s.get('threads') for s in report.get('suspects', [])]}")
     return "\n".join(lines)
 
 
@@ -69,6 +70,8 @@ def assert_leak_found(report: dict[str, Any]) -> None:
 
     _, cache = find_suspect(report, CACHE_FUNCTION)
     assert cache["class"] == "stable", describe(report)
+    # leaky-server names its threads with prctl; the recorder reports who allocated.
+    assert leak["threads"] == ["sessions"] and cache["threads"] == ["cache"], describe(report)
 
 
 # Debian strips its system libraries; their frames stay module+offset and the report says so.

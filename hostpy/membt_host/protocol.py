@@ -20,6 +20,7 @@ NOISE_CHARS = 512  # of a console line that is too long, this much is kept
 
 _DEC = re.compile(rb"[0-9]+\Z")
 _HEX = re.compile(rb"[0-9a-f]+\Z")
+_HEX_DIGITS = b"0123456789abcdef"
 _CRC = re.compile(rb"[0-9a-f]{8}\Z")
 _KEY = re.compile(rb"[a-z0-9_]+\Z")
 _TEXT = re.compile(rb"(?:[!-$&-~]|%[0-9A-F]{2})+\Z")  # 0x21..0x7e except '%', or %XX
@@ -118,13 +119,13 @@ def encode_record(dump: int, seq: int, tag: str, fields: list[str], version: int
 
 
 def _dec(raw: bytes) -> int:
-    if not _DEC.match(raw):
+    if not raw.isdigit():  # bytes.isdigit: ASCII digits only, False when empty
         raise _Corrupt("not a decimal number")
     return int(raw)
 
 
 def _hex(raw: bytes) -> int:
-    if not _HEX.match(raw):
+    if not raw or raw.translate(None, _HEX_DIGITS):  # anything left is not lower-case hex
         raise _Corrupt("not a hex number")
     return int(raw, 16)
 

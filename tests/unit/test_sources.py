@@ -60,30 +60,41 @@ def listening_socket() -> socket.socket:
 
 
 def test_serial_link_lost_and_back(tmp_path: Path) -> None:
+    """A board dumping every 0.1 s; the cable is pulled in the middle of dump 3 and plugged back in.
+    (pyserial discards what arrived before it opened the port, as on a real tty: the board keeps
+    dumping, so what counts is that dumps from after the replug are read.)"""
     server = listening_socket()
     url = f"socket://127.0.0.1:{server.getsockname()[1]}"
     done = threading.Event()
 
     def board() -> None:
         conn, _ = server.accept()
-        conn.sendall(dump_bytes(1, 7) + dump_bytes(2, 7)[:150])  # the cable is pulled in dump 2
+        for number in (1, 2):
+            done.wait(0.1)
+            conn.sendall(dump_bytes(number, 7))
+        conn.sendall(dump_bytes(3, 7)[:150])  # the cable is pulled in dump 3
         conn.close()
         conn, _ = server.accept()  # plugged back in: the host reopens the port by itself
-        conn.sendall(dump_bytes(3, 7) + dump_bytes(4, 7))
-        done.wait(GUARD_S)
+        number = 10
+        while not done.wait(0.1):
+            try:
+                conn.sendall(dump_bytes(number, 7))
+            except OSError:
+                break
+            number += 1
         conn.close()
 
     thread = threading.Thread(target=board, daemon=True)
     thread.start()
     session, said = run_session(
-        lambda stop, notify: read_serial(url, 115200, stop, notify), Settings(max_dumps=3), tmp_path / "rec.raw"
+        lambda stop, notify: read_serial(url, 115200, stop, notify), Settings(max_dumps=4), tmp_path / "rec.raw"
     )
     done.set()
     assert any(s.startswith(f"serial {url}: lost (") and s.endswith("waiting…") for s in said), said
     assert f"serial {url}: back" in said
-    assert session.analysis.complete_dumps == 3
-    assert session.analysis.incomplete_dumps == 1  # dump 2, cut by the pulled cable
-    assert [d.number for d in session.analysis.dumps] == [1, 3, 4]
+    assert session.analysis.complete_dumps == 4
+    assert session.analysis.incomplete_dumps >= 1  # dump 3, cut by the pulled cable
+    assert len([d for d in session.analysis.dumps if d.number >= 10]) >= 2
 
 
 def test_tcp_recorders_at_the_same_time_never_mix_lines_and_replay_the_same(tmp_path: Path) -> None:

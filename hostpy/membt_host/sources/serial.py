@@ -31,6 +31,7 @@ def read_serial(device: str, baud: int, stop: threading.Event, notify: Notify) -
     try:
         while not stop.is_set():
             try:
+                # only what is there: pyserial drops a partial read when the line fails mid-way
                 data = port.read(max(1, port.in_waiting))
             except (serial.SerialException, OSError) as error:
                 notify(f"serial {device}: lost ({_why(error)}), waiting…")

@@ -282,13 +282,14 @@ def render(results: dict) -> str:
         (
             f"Run {results['started_utc']} → {results['finished_utc']} on {results['machine']['cpu']} "
             f"({results['machine']['cores']} cores, shared; load average at the end "
-            f"{' '.join(f'{x:.2f}' for x in results['machine']['loadavg_end'])}), commit `{results['commit']}`."
+            f"{' '.join(f'{x:.2f}' for x in results['machine']['loadavg_end'])}), "
+            f"recorder commit `{results['commit']}`."
         ),
         (
             f"{s['rounds']} rounds{' (--quick)' if s['quick'] else ''}; each round runs every row once, in an order "
             f"rotated each round; slowdown = wall time / the baseline row's wall time in the same round; "
             f"figures are medians with min–max. Workload: {s['ops']:,} operations per thread, {s['live']:,} live "
-            f"blocks, whole-process wall time (fork to reap), peak RSS from os.wait4."
+            f"blocks, whole-process wall time (fork to reap), peak RSS from wait4 in bench/launch.c."
         ),
         "",
         "## Targets",

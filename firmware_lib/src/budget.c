@@ -5,12 +5,15 @@
  *   stack_cap   = largest power of two <= B / 1024, within 64 .. 1048576   (64 MiB -> 65536)
  *   stack index = 2 * stack_cap ids of 4 bytes (load <= 1/2 keeps lock-free lookups short)
  *   frame pool  = stack_cap * d frames, at most B / 4 bytes                   (64 MiB -> 8 MiB)
- *   per stack   = one record + one age-scan slot (64 B on 64-bit, 48 B on 32-bit), stack_cap + 1
- *   blocks      = the rest: slots of 24 B (16 B on 32-bit) in 64 shards, each filled to at most
- *                 4/5, so block_cap = 4/5 of the slots and a live block costs 30 B (20 B on 32-bit)
- *   64 MiB on 64-bit: 65536 stacks, 1048576 frames, ~1.8 million live blocks.
- * budget_used counts the fixed part (index, age-scan slots) plus the records in use now: live
- * block entries, interned stacks and their frames. */
+ *   per stack   = one record + one scan slot (60 B on 64-bit, 48 B on 32-bit), stack_cap + 1
+ *   threads     = per-thread records with their capture caches (75 KiB each at depth 16), as many
+ *                 as fit in B/16, at most 64 (64 MiB -> 54); threads beyond them go uncached
+ *   blocks      = the rest: slots of 24 B (16 B on 32-bit) in 64 shards that grow as needed, each
+ *                 filled to at most 4/5, plus growth scratch of 1/128 of the slots, so block_cap is
+ *                 ~4/5 of the slots and a live block costs 30 B (20 B on 32-bit)
+ *   64 MiB on 64-bit: 65536 stacks, 1048576 frames, ~1.73 million live blocks.
+ * budget_used counts the fixed part (index, scan slots) plus the records in use now: live block
+ * entries, interned stacks and their frames, records of running threads. */
 #include "mbt_internal.h"
 
 #include <errno.h>
@@ -45,7 +48,12 @@ int mbt_budget_reserve(size_t bytes, unsigned depth, struct mbt_regions *r, cons
     size_t off_scan = off_stacks + mbt_round_up(((size_t)stack_cap + 1) * sizeof(struct mbt_stack));
     size_t off_index = off_scan + mbt_round_up(((size_t)stack_cap + 1) * sizeof(struct mbt_age_scan));
     size_t off_frames = off_index + mbt_round_up((size_t)index_cap * sizeof(uint32_t));
-    size_t off_blocks = off_frames + mbt_round_up(frame_cap * sizeof(uintptr_t));
+    size_t off_threads = off_frames + mbt_round_up(frame_cap * sizeof(uintptr_t));
+    size_t thread_bytes = mbt_threads_record_size(depth);
+    size_t thread_slots = bytes / 16 / thread_bytes;
+    if (thread_slots > mbt_threads_max())
+        thread_slots = mbt_threads_max();
+    size_t off_blocks = off_threads + mbt_round_up(thread_slots * thread_bytes);
     if (off_blocks >= bytes) {
         *why = "MEMBT_BUDGET too small for the stack tables";
         return -1;
@@ -72,6 +80,9 @@ int mbt_budget_reserve(size_t bytes, unsigned depth, struct mbt_regions *r, cons
     r->index_cap = index_cap;
     r->frames = (uintptr_t *)(p + off_frames);
     r->frame_cap = frame_cap;
+    r->threads = p + off_threads;
+    r->thread_slots = (unsigned)thread_slots;
+    r->thread_bytes = thread_bytes;
     r->blocks = (struct mbt_block *)(p + off_blocks);
     r->block_slots = slots;
     r->fixed_bytes = ((size_t)stack_cap + 1) * sizeof(struct mbt_age_scan) + (size_t)index_cap * sizeof(uint32_t);
@@ -102,7 +113,7 @@ uint64_t mbt_budget_used(const struct mbt_regions *r)
 {
     uint64_t blocks, bytes;
     mbt_blocks_totals(&blocks, &bytes);
-    return r->fixed_bytes + blocks * sizeof(struct mbt_block) +
+    return r->fixed_bytes + blocks * sizeof(struct mbt_block) + mbt_threads_used_bytes() +
            ((uint64_t)mbt_stacks_count() + 1) * sizeof(struct mbt_stack) +
            (uint64_t)mbt_stacks_frames_used() * sizeof(uintptr_t);
 }

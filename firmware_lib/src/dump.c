@@ -159,17 +159,15 @@ static void mbt_select(const struct mbt_age_scan *scan, uint32_t nstacks, unsign
     sel->n = 0;
     sel->groups_total = 0;
     for (uint32_t id = 0; id < nstacks; id++) {
-        struct mbt_stack *s = mbt_stack_get(id);
         struct mbt_group g;
-        g.live_blocks = __atomic_load_n(&s->live_blocks, __ATOMIC_RELAXED);
+        g.live_blocks = scan[id].live_blocks;
         if (!g.live_blocks)
             continue;
         sel->groups_total++;
         g.id = id;
-        g.live_bytes = __atomic_load_n(&s->live_bytes, __ATOMIC_RELAXED);
-        /* the scan ran a moment before the counters were read: keep old within live */
-        g.old_blocks = scan[id].old_blocks < g.live_blocks ? scan[id].old_blocks : g.live_blocks;
-        g.old_bytes = scan[id].old_bytes < g.live_bytes ? scan[id].old_bytes : g.live_bytes;
+        g.live_bytes = scan[id].live_bytes;
+        g.old_blocks = scan[id].old_blocks;
+        g.old_bytes = scan[id].old_bytes;
         g.oldest_ms = scan[id].oldest_age * MBT_TICK_MS;
         if (sel->n < top) {
             mbt_groups[sel->n] = g;
@@ -224,6 +222,7 @@ struct mbt_dump_input {
     uint64_t up_ms;
     struct mbt_scan_totals tot;
     struct mbt_selection sel;
+    struct mbt_thread_totals threads;
     unsigned nmods;
 };
 
@@ -257,10 +256,18 @@ static void mbt_emit_wire(struct mbt_dump *d, const struct mbt_dump_input *in)
     mbt_kv(l, "stack_cap", mbt_regions.stack_cap);
     mbt_kv(l, "dropped_blocks", mbt_load(mbt_counters.dropped_blocks));
     mbt_kv(l, "dropped_stacks", mbt_load(mbt_counters.dropped_stacks));
-    mbt_kv(l, "truncated_stacks", mbt_load(mbt_counters.truncated_stacks));
+    mbt_kv(l, "truncated_stacks", in->threads.truncated);
     mbt_kv(l, "unknown_frees", mbt_load(mbt_counters.unknown_frees));
     mbt_kv(l, "budget_used", mbt_budget_used(&mbt_regions));
     mbt_kv(l, "budget_total", mbt_regions.total);
+    if (mbt_unwind_cached()) { /* how the capture cache did (a reader ignores keys it does not know) */
+        mbt_kv(l, "unwind_cache_hits", in->threads.hits);
+        mbt_kv(l, "unwind_cache_misses", in->threads.misses);
+        if (mbt_run.unwind_verify) {
+            mbt_kv(l, "unwind_verified", in->threads.verified);
+            mbt_kv(l, "unwind_mismatches", in->threads.mismatches);
+        }
+    }
     mbt_line_end(d);
 
     for (unsigned i = 0; i < in->nmods; i++) {
@@ -385,7 +392,7 @@ static void mbt_emit_text(struct mbt_dump *d, const struct mbt_dump_input *in)
     mbt_buf_str(l, ", dropped stacks ");
     mbt_buf_u64(l, mbt_load(mbt_counters.dropped_stacks));
     mbt_buf_str(l, ", truncated stacks ");
-    mbt_buf_u64(l, mbt_load(mbt_counters.truncated_stacks));
+    mbt_buf_u64(l, in->threads.truncated);
     mbt_buf_str(l, ", unknown frees ");
     mbt_buf_u64(l, mbt_load(mbt_counters.unknown_frees));
     mbt_line_end(d);
@@ -465,6 +472,7 @@ long mbt_dump_run(const char *reason)
     memset(mbt_regions.scan, 0, nstacks * sizeof *mbt_regions.scan);
     mbt_blocks_scan(mbt_regions.scan, nstacks, now_tick, cfg->leak_age_ms, &in.tot);
     mbt_select(mbt_regions.scan, nstacks, cfg->top < MBT_TOP_MAX ? cfg->top : MBT_TOP_MAX, &in.sel);
+    mbt_threads_totals(&in.threads);
     in.nmods = mbt_modules_collect(mbt_module_wanted, &in.sel, mbt_mods, MBT_MODULES_MAX, mbt_mod_arena,
                                    sizeof mbt_mod_arena);
     if (mbt_exe_path(mbt_exe, sizeof mbt_exe) < 0)

@@ -23,14 +23,17 @@ struct mbt_block;
 #define MBT_EXPORT __attribute__((visibility("default")))
 
 /* Where the program entered the recorder (a hook or an API call): that function's frame, for the
- * frame-pointer walk, and its return address, the program's first frame - every frame captured
- * before it is the recorder's own. Taken in the entry function itself, which must not end in a
- * tail call (the frame would be gone). */
+ * frame-pointer walk, its return address, the program's first frame - every frame captured
+ * before it is the recorder's own - and its CFA (the stack pointer in the caller once it returns),
+ * the key of the capture cache. Taken in the entry function itself, which must not end in a tail
+ * call (the frame would be gone). */
 struct mbt_site {
     void *frame;
     void *caller;
+    void *cfa;
 };
-#define MBT_SITE() ((struct mbt_site){__builtin_frame_address(0), __builtin_return_address(0)})
+#define MBT_SITE()                                                                                 \
+    ((struct mbt_site){__builtin_frame_address(0), __builtin_return_address(0), __builtin_dwarf_cfa()})
 
 #define MBT_TOP_MAX 1000
 /* Recorder frames before the program's first frame at capture time (hook, helpers, unwinder). */
@@ -92,6 +95,7 @@ struct mbt_settings {
     int disable;      /* MEMBT_DISABLE */
     int quiet;        /* MEMBT_QUIET */
     int dump_at_exit; /* MEMBT_DUMP_AT_EXIT */
+    int unwind_verify; /* MEMBT_UNWIND_VERIFY: check every cache hit against a fresh capture */
 };
 void mbt_options_defaults(struct mbt_settings *s);
 void mbt_options_from_env(struct mbt_settings *s); /* one warning line per bad value */
@@ -109,8 +113,11 @@ extern __thread int mbt_in_recorder __attribute__((tls_model("initial-exec")));
 /* Set by hooks.c when its malloc is the one the process uses (preloaded or linked in). */
 extern int mbt_hooks_interposed;
 
+/* Counters a dump reports. Those counted on every allocation (truncated captures, cache hits)
+ * are kept per thread in struct mbt_thread and only fall back to these when a thread has none. */
 struct mbt_counters {
     mbt_counter dropped_blocks, dropped_stacks, truncated_stacks, unknown_frees, dumps;
+    mbt_counter cache_hits, cache_misses, verified, mismatches;
 };
 extern struct mbt_counters mbt_counters;
 /* The settings the recorder runs with; dump-related fields change under the dump lock. */
@@ -144,15 +151,13 @@ struct mbt_stack {
     uint16_t nframes;
     uint8_t truncated;
     char thread[MBT_THREAD_NAME];
-    size_t live_blocks; /* atomics, kept current on every record/unrecord */
-    size_t live_bytes;
 };
 
-/* Per-stack result of the age scan the dump runs over the block shards. */
+/* Per-stack result of the scan the dump runs over the block shards. */
 struct mbt_age_scan {
-    uint32_t old_blocks;
+    uint32_t live_blocks, old_blocks;
     uint32_t oldest_age; /* ticks */
-    size_t old_bytes;
+    size_t live_bytes, old_bytes;
 };
 
 struct mbt_regions {
@@ -167,7 +172,10 @@ struct mbt_regions {
     uintptr_t *frames;
     size_t frame_cap;
     struct mbt_age_scan *scan; /* stack_cap + 1 entries */
-    size_t fixed_bytes;        /* index + scan scratch + shard headers: in use from the start */
+    void *threads;             /* per-thread records with their capture caches */
+    unsigned thread_slots;
+    size_t thread_bytes; /* one record */
+    size_t fixed_bytes;  /* index + scan scratch + shard headers: in use from the start */
 };
 int mbt_budget_reserve(size_t bytes, unsigned depth, struct mbt_regions *r, const char **why);
 void mbt_budget_release(struct mbt_regions *r, int may_unmap);
@@ -178,6 +186,7 @@ extern struct mbt_regions mbt_regions;
 /* ---- blocks.c: live blocks keyed by address, sharded open addressing ---- */
 enum { MBT_BLOCK_FULL = 0, MBT_BLOCK_INSERTED = 1, MBT_BLOCK_REPLACED = 2 };
 void mbt_blocks_setup(struct mbt_block *mem, size_t slots);
+void mbt_blocks_prefetch(uintptr_t addr);
 int mbt_blocks_insert(const struct mbt_block *b);
 int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out);
 struct mbt_scan_totals {
@@ -193,18 +202,6 @@ void mbt_blocks_unlock_all(void);
 /* ---- stacks.c: call stacks interned once, referenced by id ---- */
 void mbt_stacks_setup(const struct mbt_regions *r);
 uint32_t mbt_stacks_intern(const uintptr_t *frames, unsigned n, int truncated);
-static inline void mbt_stacks_account(struct mbt_stack *s, size_t bytes, int add)
-{
-    if (!s)
-        return;
-    if (add) {
-        __atomic_fetch_add(&s->live_blocks, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&s->live_bytes, bytes, __ATOMIC_RELAXED);
-    } else {
-        __atomic_fetch_sub(&s->live_blocks, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_sub(&s->live_bytes, bytes, __ATOMIC_RELAXED);
-    }
-}
 struct mbt_stack *mbt_stack_get(uint32_t id); /* id 0..stack_cap; NULL when out of range */
 const uintptr_t *mbt_stack_frames(const struct mbt_stack *s);
 uint32_t mbt_stacks_count(void); /* interned so far, the overflow stack not counted */
@@ -215,8 +212,37 @@ void mbt_stacks_unlock(void);
 /* ---- unwind.c: raw return addresses, recorder frames removed ---- */
 int mbt_unwind_select(const char *name, const char **why);
 const char *mbt_unwind_name(void);
-void mbt_unwind_init(void); /* the recorder's own code range (fallback), unwinder warm-up */
+int mbt_unwind_cached(void); /* the selected backend is "cached": captures go through the cache */
+void mbt_unwind_init(void);  /* the recorder's own code range (fallback), unwinder warm-up */
 unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, const struct mbt_site *site, int *truncated);
+
+/* What the capture cache learns from one libgcc capture: where, as offsets from the site's CFA,
+ * the stack holds each return address after the first, and how the capture ended. */
+enum { MBT_END_NONE = 0, MBT_END_ZERO = 1, MBT_END_MORE = 2 }; /* the terminal slot: -, == 0, != 0 */
+struct mbt_learned {
+    uint32_t off[MEMBT_MAX_DEPTH]; /* slot of frame k+1 */
+    unsigned nslots;               /* frames - 1, plus one for a terminal slot */
+    unsigned end;                  /* MBT_END_*: what the last slot must hold */
+};
+/* A capture like mbt_unwind_capture through libgcc; *learned gets the slots when the capture is
+ * one the cache may keep (return 0 from learn_ok otherwise). */
+unsigned mbt_unwind_capture_learn(uintptr_t *out, unsigned depth, const struct mbt_site *site, int *truncated,
+                                  uintptr_t stack_lo, uintptr_t stack_hi, struct mbt_learned *learned,
+                                  int *learn_ok);
+
+/* ---- threads.c: per-thread records (counters, capture cache), stack ids for captures ---- */
+size_t mbt_threads_record_size(unsigned depth); /* one record with its cache, for budget.c */
+unsigned mbt_threads_max(void);
+void mbt_threads_setup(const struct mbt_regions *r, unsigned depth);
+/* The interned stack of the program's call at site: the capture cache or a fresh capture. */
+uint32_t mbt_threads_stack_id(unsigned depth, const struct mbt_site *site);
+struct mbt_thread_totals {
+    uint64_t truncated, hits, misses, verified, mismatches;
+};
+void mbt_threads_totals(struct mbt_thread_totals *t); /* the per-thread counters summed */
+uint64_t mbt_threads_used_bytes(void);
+void mbt_threads_after_fork(void); /* child: only the forking thread keeps its record */
+void mbt_threads_unload(void);     /* library unloading: no thread-exit callback into it */
 
 /* ---- modules.c: loaded objects that frames fall into ---- */
 struct mbt_module {

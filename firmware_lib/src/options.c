@@ -15,7 +15,10 @@
  * | MEMBT_SIGNAL       | 0        | signal number or name (USR2, SIGUSR2) that asks for a dump; 0 =  |
  * |                    |          | none (needs the reporter thread)                                 |
  * | MEMBT_UNWIND       | auto     | auto, fp (frame pointers), unwind (libgcc _Unwind_Backtrace,     |
- * |                    |          | ARM EHABI), glibc (backtrace(), not on musl)                     |
+ * |                    |          | ARM EHABI), glibc (backtrace(), not on musl), cached (unwind     |
+ * |                    |          | behind a per-thread cache of validated captures; x86_64, aarch64)|
+ * | MEMBT_UNWIND_VERIFY| 0        | 1: every cache hit is checked against a fresh capture; the C     |
+ * |                    |          | record counts unwind_verified and unwind_mismatches              |
  * | MEMBT_FORK         | on       | on: a forked child keeps recording (own reporter, own pid);      |
  * |                    |          | off: the child stops recording                                   |
  * | MEMBT_DISABLE      | 0        | 1: the preloaded/linked hooks only pass through to libc          |
@@ -67,8 +70,9 @@ static const struct mbt_option mbt_options[] = {
     {"MEMBT_BUDGET", MBT_OPT_BYTES, MBT_AT(cfg.budget_bytes), 0, MBT_MIN_BUDGET, SIZE_MAX / 2, NULL,
      "bytes with optional K/M/G suffix, at least 64K"},
     {"MEMBT_SIGNAL", MBT_OPT_SIGNAL, MBT_AT(cfg.dump_signal), 0, 0, 0, NULL, "0, a signal number or a name like USR2"},
-    {"MEMBT_UNWIND", MBT_OPT_CHOICE, MBT_AT(cfg.unwind), MBT_SZ(cfg.unwind), 0, 0, "auto|fp|unwind|glibc",
-     "auto, fp, unwind or glibc"},
+    {"MEMBT_UNWIND", MBT_OPT_CHOICE, MBT_AT(cfg.unwind), MBT_SZ(cfg.unwind), 0, 0, "auto|fp|unwind|glibc|cached",
+     "auto, fp, unwind, glibc or cached"},
+    {"MEMBT_UNWIND_VERIFY", MBT_OPT_SWITCH, MBT_AT(unwind_verify), 0, 0, 1, NULL, "0 or 1"},
     {"MEMBT_FORK", MBT_OPT_SWITCH, MBT_AT(fork_follow), 0, 0, 1, NULL, "on or off"},
     {"MEMBT_DISABLE", MBT_OPT_SWITCH, MBT_AT(disable), 0, 0, 1, NULL, "0 or 1"},
     {"MEMBT_QUIET", MBT_OPT_SWITCH, MBT_AT(quiet), 0, 0, 1, NULL, "0 or 1"},

@@ -81,12 +81,8 @@ __attribute__((noinline)) int mbt_on_alloc(void *p, size_t size, const struct mb
 {
     if (!mbt_recording())
         return -1;
-    uintptr_t frames[MEMBT_MAX_DEPTH];
-    int truncated = 0;
-    unsigned n = mbt_unwind_capture(frames, mbt_run.cfg.depth, site, &truncated);
-    if (truncated)
-        mbt_count_add(mbt_counters.truncated_stacks, 1);
-    struct mbt_block b = {(uintptr_t)p, size, mbt_stacks_intern(frames, n, truncated), mbt_tick_now()};
+    mbt_blocks_prefetch((uintptr_t)p); /* its cache miss overlaps the stack lookup's */
+    struct mbt_block b = {(uintptr_t)p, size, mbt_threads_stack_id(mbt_run.cfg.depth, site), mbt_tick_now()};
     if (mbt_blocks_insert(&b) == MBT_BLOCK_FULL) {
         mbt_count_add(mbt_counters.dropped_blocks, 1);
         return -1;
@@ -124,7 +120,7 @@ static int mbt_check_config(const membt_config *cfg, const char **why)
     else if (!memchr(cfg->output, 0, sizeof cfg->output) || mbt_sink_check(cfg->output))
         *why = "output must be stderr, stdout, fd:N, tcp:HOST:PORT or a path";
     else if (!memchr(cfg->unwind, 0, sizeof cfg->unwind))
-        *why = "unwind must be auto, fp, unwind or glibc";
+        *why = "unwind must be auto, fp, unwind, glibc or cached";
     else if (cfg->dump_signal < 0 || cfg->dump_signal >= NSIG || cfg->dump_signal == SIGKILL ||
              cfg->dump_signal == SIGSTOP)
         *why = "dump_signal must be 0 or a signal that can be caught";
@@ -196,6 +192,7 @@ static int mbt_start_locked(const membt_config *cfg)
 
     mbt_run = mbt_env;
     mbt_run.cfg = *cfg;
+    mbt_threads_setup(&mbt_regions, cfg->depth); /* after the backend and mbt_run are set */
     mbt_sink_open(cfg->output); /* not recording: no dump can be using the sink */
     mbt_dump_reset_numbering();
     mbt_unwind_init();
@@ -256,14 +253,15 @@ MBT_EXPORT void membt_shutdown(void)
  * program may exit while another thread is anywhere; the dump lock is waited for at most 2 s. */
 __attribute__((destructor)) static void mbt_at_exit(void)
 {
-    if (!mbt_recording())
-        return;
-    mbt_in_recorder++;
-    if (mbt_run.dump_at_exit)
-        mbt_dump_now("exit", 2000);
-    __atomic_store_n(&mbt_state, MBT_OFF, __ATOMIC_RELEASE);
-    mbt_reporter_stop(1000);
-    mbt_in_recorder--;
+    if (mbt_recording()) {
+        mbt_in_recorder++;
+        if (mbt_run.dump_at_exit)
+            mbt_dump_now("exit", 2000);
+        __atomic_store_n(&mbt_state, MBT_OFF, __ATOMIC_RELEASE);
+        mbt_reporter_stop(1000);
+        mbt_in_recorder--;
+    }
+    mbt_threads_unload(); /* after dlclose no thread may call back into this code at its exit */
 }
 
 void mbt_autostart(void)
@@ -348,7 +346,9 @@ MBT_EXPORT void membt_get_stats(membt_stats *st)
     st->block_cap = mbt_blocks_capacity();
     st->dropped_blocks = mbt_load(mbt_counters.dropped_blocks);
     st->dropped_stacks = mbt_load(mbt_counters.dropped_stacks);
-    st->truncated_stacks = mbt_load(mbt_counters.truncated_stacks);
+    struct mbt_thread_totals tt;
+    mbt_threads_totals(&tt);
+    st->truncated_stacks = tt.truncated;
     st->unknown_frees = mbt_load(mbt_counters.unknown_frees);
     st->budget_used = mbt_budget_used(&mbt_regions);
     st->budget_total = mbt_regions.total;

@@ -224,6 +224,7 @@ static void mbt_fork_child(void)
     mbt_ctl_reset_child();
     mbt_dump_reset_numbering();
     mbt_sink_child();
+    mbt_threads_after_fork(); /* the other threads' records are free again */
     /* the pipe is shared with the parent: a signal to the child must wake the child */
     if (mbt_wake[0] >= 0) {
         close(mbt_wake[0]);

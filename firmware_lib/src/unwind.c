@@ -1,8 +1,10 @@
-/* Stack capture: raw return addresses only, through one of three backends, with the recorder's
+/* Stack capture: raw return addresses only, through one of four backends, with the recorder's
  * own frames cut off. Every architecture #if of the recorder lives in this file.
  *   fp     frame-pointer walk (x86, aarch64, ARM-mode code built -marm), with sanity checks
  *   unwind libgcc _Unwind_Backtrace: DWARF CFI, or ARM EHABI tables (-funwind-tables) on armhf
  *   glibc  backtrace() (glibc only; it also uses libgcc underneath)
+ *   cached unwind behind a per-thread cache of validated captures (threads.c; x86_64, aarch64):
+ *          this file captures and says where on the stack each return address was read
  * "auto" is the per-target choice the build passes as -DMBT_UNWIND_AUTO=<name>, else "unwind".
  * -DMBT_NO_LIBGCC_UNWIND leaves the libgcc backend out (a toolchain whose libgcc_eh does not
  * fit its C library, like Debian's musl-gcc wrapper around the glibc-built libgcc).
@@ -22,6 +24,11 @@
 #if defined(__GLIBC__)
 #include <execinfo.h>
 #define MBT_HAVE_GLIBC_BACKTRACE 1
+#endif
+
+/* The cache needs the CFA of every frame and return addresses saved in the frame below it. */
+#if defined(MBT_HAVE_LIBGCC_UNWIND) && (defined(__x86_64__) || defined(__aarch64__))
+#define MBT_HAVE_CACHE 1
 #endif
 
 #if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
@@ -44,13 +51,15 @@ static const char mbt_auto_raw[] = MBT_STR(MBT_UNWIND_AUTO);
 static const char mbt_auto_raw[] = "unwind";
 #endif
 
-enum mbt_backend { MBT_UW_UNWIND, MBT_UW_FP, MBT_UW_GLIBC };
+enum mbt_backend { MBT_UW_UNWIND, MBT_UW_FP, MBT_UW_GLIBC, MBT_UW_CACHED };
 static enum mbt_backend mbt_backend = MBT_UW_UNWIND;
 static uintptr_t mbt_own_lo, mbt_own_hi;
 
-static const char *const mbt_backend_names[] = {"unwind", "fp", "glibc"};
+static const char *const mbt_backend_names[] = {"unwind", "fp", "glibc", "cached"};
 
 const char *mbt_unwind_name(void) { return mbt_backend_names[mbt_backend]; }
+
+int mbt_unwind_cached(void) { return mbt_backend == MBT_UW_CACHED; }
 
 /* -DMBT_UNWIND_AUTO=fp and -DMBT_UNWIND_AUTO=\"fp\" both mean "fp". */
 static void mbt_auto_name(char *out, size_t size)
@@ -87,6 +96,13 @@ static int mbt_backend_available(enum mbt_backend b, const char **why)
         *why = "MEMBT_UNWIND=glibc: this C library has no backtrace()";
         return 0;
 #endif
+    case MBT_UW_CACHED:
+#ifdef MBT_HAVE_CACHE
+        return 1;
+#else
+        *why = "MEMBT_UNWIND=cached needs an x86_64 or aarch64 build of membt with the libgcc unwinder";
+        return 0;
+#endif
     }
     return 0;
 }
@@ -94,7 +110,7 @@ static int mbt_backend_available(enum mbt_backend b, const char **why)
 /* "auto" when the build's choice is not there: the first backend this build has. */
 static int mbt_first_available(const char **why)
 {
-    static const enum mbt_backend order[] = {MBT_UW_UNWIND, MBT_UW_FP, MBT_UW_GLIBC};
+    static const enum mbt_backend order[] = {MBT_UW_UNWIND, MBT_UW_FP, MBT_UW_GLIBC, MBT_UW_CACHED};
     for (unsigned i = 0; i < sizeof order / sizeof order[0]; i++) {
         if (mbt_backend_available(order[i], why)) {
             mbt_backend = order[i];
@@ -124,7 +140,7 @@ int mbt_unwind_select(const char *name, const char **why)
     }
     if (is_auto)
         return mbt_first_available(why);
-    *why = "MEMBT_UNWIND must be auto, fp, unwind or glibc";
+    *why = "MEMBT_UNWIND must be auto, fp, unwind, glibc or cached";
     return -1;
 }
 
@@ -162,36 +178,57 @@ __attribute__((no_sanitize_address)) static unsigned mbt_fp_walk(uintptr_t *out,
 /* ---- unwind (libgcc) ---- */
 
 #ifdef MBT_HAVE_LIBGCC_UNWIND
+/* Why a walk stopped: the unwinder ran out of frames (no unwind info, end of stack marked in
+ * the CFI), a return address of 0, the frame limit, or the same frame twice. */
+enum mbt_uw_stop { MBT_STOP_END, MBT_STOP_ZERO, MBT_STOP_MAX, MBT_STOP_REPEAT };
+
 struct mbt_uw_walk {
     uintptr_t *out;
+    uintptr_t *cfas; /* the CFA of each frame (the cache learns from them), or NULL */
     unsigned n, max;
     uintptr_t last_cfa;
+    enum mbt_uw_stop stop;
+    uintptr_t stop_cfa; /* the CFA of the context that gave return address 0 */
+    int signal_frame;   /* the walk went through a signal frame */
 };
 
 static _Unwind_Reason_Code mbt_uw_step(struct _Unwind_Context *ctx, void *arg)
 {
     struct mbt_uw_walk *w = arg;
-    uintptr_t ip = (uintptr_t)_Unwind_GetIP(ctx);
 #if defined(__arm__)
+    uintptr_t ip = (uintptr_t)_Unwind_GetIP(ctx);
     uintptr_t cfa = (uintptr_t)_Unwind_GetGR(ctx, 13);
 #else
+    int before_insn = 0; /* set for a frame interrupted by a signal */
+    uintptr_t ip = (uintptr_t)_Unwind_GetIPInfo(ctx, &before_insn);
     uintptr_t cfa = (uintptr_t)_Unwind_GetCFA(ctx);
+    w->signal_frame |= before_insn;
 #endif
-    if (!ip || w->n >= w->max)
+    if (!ip) {
+        w->stop = MBT_STOP_ZERO;
+        w->stop_cfa = cfa;
         return _URC_END_OF_STACK;
+    }
+    if (w->n >= w->max) {
+        w->stop = MBT_STOP_MAX;
+        return _URC_END_OF_STACK;
+    }
     /* the same frame again: some unwinders repeat the outermost frame forever */
-    if (w->n && w->out[w->n - 1] == ip && w->last_cfa == cfa)
+    if (w->n && w->out[w->n - 1] == ip && w->last_cfa == cfa) {
+        w->stop = MBT_STOP_REPEAT;
         return _URC_END_OF_STACK;
+    }
+    if (w->cfas)
+        w->cfas[w->n] = cfa;
     w->out[w->n++] = ip;
     w->last_cfa = cfa;
     return _URC_NO_REASON;
 }
 
-__attribute__((noinline)) static unsigned mbt_uw_walk(uintptr_t *out, unsigned max)
+__attribute__((noinline)) static unsigned mbt_uw_walk(struct mbt_uw_walk *w)
 {
-    struct mbt_uw_walk w = {out, 0, max, 0};
-    _Unwind_Backtrace(mbt_uw_step, &w);
-    return w.n;
+    _Unwind_Backtrace(mbt_uw_step, w);
+    return w->n;
 }
 #endif
 
@@ -219,13 +256,42 @@ static inline int mbt_same_ip(uintptr_t captured, uintptr_t caller)
 #endif
 }
 
+static unsigned mbt_want(unsigned depth)
+{
+    unsigned want = depth + MBT_OWN_FRAMES_MAX + 1;
+    return want > MBT_CAPTURE_MAX ? MBT_CAPTURE_MAX : want;
+}
+
+/* Cut the recorder's own frames: those before the site's caller, or else those inside our own
+ * code. *found is 1 when the caller was found (the frame at skip is the program's call). */
+static unsigned mbt_cut_own(const uintptr_t *raw, unsigned n, unsigned want, unsigned depth,
+                            const struct mbt_site *site, uintptr_t *out, int *truncated, unsigned *skip_out,
+                            int *found)
+{
+    unsigned skip = 0;
+    while (skip < n && skip <= MBT_OWN_FRAMES_MAX && !mbt_same_ip(raw[skip], (uintptr_t)site->caller))
+        skip++;
+    *found = skip < n && skip <= MBT_OWN_FRAMES_MAX;
+    if (!*found) {
+        skip = 0;
+        while (skip < n && raw[skip] >= mbt_own_lo && raw[skip] < mbt_own_hi)
+            skip++;
+    }
+    unsigned avail = n - skip;
+    *truncated = avail > depth || n >= want;
+    if (avail > depth)
+        avail = depth;
+    memcpy(out, raw + skip, avail * sizeof *out);
+    *skip_out = skip;
+    return avail;
+}
+
 __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, const struct mbt_site *site,
                                                       int *truncated)
 {
     uintptr_t raw[MBT_CAPTURE_MAX];
-    unsigned want = depth + MBT_OWN_FRAMES_MAX + 1, n = 0;
-    if (want > MBT_CAPTURE_MAX)
-        want = MBT_CAPTURE_MAX;
+    unsigned want = mbt_want(depth), n = 0, skip;
+    int found;
     switch (mbt_backend) {
     case MBT_UW_FP:
 #ifdef MBT_HAVE_FP
@@ -238,25 +304,107 @@ __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned d
 #endif
         break;
     case MBT_UW_UNWIND:
+    case MBT_UW_CACHED:
 #ifdef MBT_HAVE_LIBGCC_UNWIND
-        n = mbt_uw_walk(raw, want);
+    {
+        struct mbt_uw_walk w = {raw, NULL, 0, want, 0, MBT_STOP_END, 0, 0};
+        n = mbt_uw_walk(&w);
+    }
 #endif
         break;
     }
-    unsigned skip = 0;
-    while (skip < n && skip <= MBT_OWN_FRAMES_MAX && !mbt_same_ip(raw[skip], (uintptr_t)site->caller))
-        skip++;
-    if (skip >= n || skip > MBT_OWN_FRAMES_MAX) {
-        skip = 0;
-        while (skip < n && raw[skip] >= mbt_own_lo && raw[skip] < mbt_own_hi)
-            skip++;
+    return mbt_cut_own(raw, n, want, depth, site, out, truncated, &skip, &found);
+}
+
+/* ---- what the cache learns ---- */
+
+#ifdef MBT_HAVE_CACHE
+/* Where the frame between CFAs lo and hi saved return address ip: 0 when it is not there.
+ * x86_64: the call pushed it just below the CFA. aarch64: the prologue stored x30 somewhere in
+ * the frame; it must be there exactly once, or the slot is not trusted. */
+__attribute__((no_sanitize_address)) static uintptr_t mbt_ra_slot(uintptr_t lo, uintptr_t hi, uintptr_t ip)
+{
+    if (hi <= lo || hi - lo < sizeof(uintptr_t) || (hi & (sizeof(uintptr_t) - 1)))
+        return 0;
+#if defined(__x86_64__)
+    uintptr_t slot = hi - sizeof(uintptr_t);
+    return *(const uintptr_t *)slot == ip ? slot : 0;
+#else
+    uintptr_t slot = 0;
+    for (uintptr_t a = hi - sizeof(uintptr_t); a >= lo; a -= sizeof(uintptr_t)) {
+        if (*(const uintptr_t *)a != ip)
+            continue;
+        if (slot)
+            return 0;
+        slot = a;
     }
-    unsigned avail = n - skip;
-    *truncated = avail > depth || n >= want;
-    if (avail > depth)
-        avail = depth;
-    memcpy(out, raw + skip, avail * sizeof *out);
+    return slot;
+#endif
+}
+
+/* The slots of frames 1.. of a capture whose frame `skip` is the site's caller, and what ends
+ * it. The cache relies on a frame's size being a function of its return address (true unless
+ * it allocates on the stack dynamically: see threads.c); what this can check, it does. */
+__attribute__((no_sanitize_address)) static int mbt_learn(const struct mbt_uw_walk *w, unsigned skip, unsigned depth,
+                                                          const struct mbt_site *site, uintptr_t lo, uintptr_t hi,
+                                                          struct mbt_learned *l)
+{
+    const uintptr_t *ip = w->out, *cfa = w->cfas, base = (uintptr_t)site->cfa;
+    unsigned avail = w->n - skip, nframes = avail > depth ? depth : avail, more = avail > depth;
+    if (w->signal_frame || cfa[skip] != base || base < lo || base >= hi)
+        return 0;
+    l->nslots = 0;
+    for (unsigned k = 1; k < nframes + more; k++) {
+        uintptr_t slot = mbt_ra_slot(cfa[skip + k - 1], cfa[skip + k], ip[skip + k]);
+        if (!slot || slot + sizeof(uintptr_t) > hi || slot - base > UINT32_MAX)
+            return 0;
+        l->off[l->nslots++] = (uint32_t)(slot - base);
+    }
+    if (more) {
+        l->end = MBT_END_MORE;
+        return 1;
+    }
+    if (w->stop == MBT_STOP_END) { /* the last frame had no unwind info: a property of its code */
+        l->end = MBT_END_NONE;
+        return 1;
+    }
+    if (w->stop != MBT_STOP_ZERO)
+        return 0;
+#if defined(__x86_64__)
+    /* Return address 0: read from the stack, or "undefined" in the CFI (thread and process
+     * entry). Read as 0 from the slot, that slot must stay 0; else the CFI ended it. */
+    uintptr_t last = cfa[skip + nframes - 1], zslot = w->stop_cfa - sizeof(uintptr_t);
+    if (w->stop_cfa > last && zslot >= last && w->stop_cfa <= hi && !(zslot & (sizeof(uintptr_t) - 1)) &&
+        *(const uintptr_t *)zslot == 0 && zslot - base <= UINT32_MAX) {
+        l->off[l->nslots++] = (uint32_t)(zslot - base);
+        l->end = MBT_END_ZERO;
+        return 1;
+    }
+#endif
+    l->end = MBT_END_NONE; /* aarch64: the entry points mark x30 undefined */
+    return 1;
+}
+#endif
+
+__attribute__((noinline)) unsigned mbt_unwind_capture_learn(uintptr_t *out, unsigned depth,
+                                                            const struct mbt_site *site, int *truncated,
+                                                            uintptr_t stack_lo, uintptr_t stack_hi,
+                                                            struct mbt_learned *learned, int *learn_ok)
+{
+#ifdef MBT_HAVE_CACHE
+    uintptr_t raw[MBT_CAPTURE_MAX], cfas[MBT_CAPTURE_MAX];
+    unsigned want = mbt_want(depth), skip;
+    int found;
+    struct mbt_uw_walk w = {raw, cfas, 0, want, 0, MBT_STOP_END, 0, 0};
+    unsigned n = mbt_uw_walk(&w);
+    unsigned avail = mbt_cut_own(raw, n, want, depth, site, out, truncated, &skip, &found);
+    *learn_ok = found && avail && mbt_learn(&w, skip, depth, site, stack_lo, stack_hi, learned);
     return avail;
+#else
+    (void)stack_lo, (void)stack_hi, (void)learned;
+    *learn_ok = 0;
+    return mbt_unwind_capture(out, depth, site, truncated);
+#endif
 }
 
 /* ---- the recorder's own code ---- */

@@ -1,0 +1,395 @@
+/* Per-thread records, carved from the budget: counters bumped on every allocation (so threads do
+ * not fight over one cache line), and for MEMBT_UNWIND=cached a validated capture cache.
+ *
+ * The capture cache. A capture through libgcc costs microseconds; most allocations of a program
+ * come from call stacks it has seen before, at the same stack depth. Key: the return address of
+ * the hook's caller and the hook's CFA (the stack pointer the caller gets back). The slow path
+ * learns from each capture where every later return address was read: a stack slot, as an offset
+ * from that CFA (unwind.c). A *layout* is the key with those offsets; an *entry* is an interned
+ * stack seen through a layout, found by a hash of the words at the layout's slots. A hit needs
+ * the key, and every slot to hold exactly the stack's return address (plus the slot that ended
+ * the capture: 0, or another frame when it was cut at MEMBT_DEPTH). Then the unwinder, run now,
+ * would read the same addresses from the same slots: frame k's CFA is frame k-1's plus a size
+ * fixed by frame k's code at that return address, so equal return addresses mean equal CFAs and
+ * equal slots, frame after frame. The stack id comes back without unwinding or interning.
+ *
+ * Where that chain could break: a frame whose size is not fixed by its code (alloca, VLAs) - its
+ * callers' slots move, the old slots no longer hold the old addresses, and the lookup misses.
+ * It could only hit wrongly if two such frames changed size by opposite amounts (the key CFA
+ * stays the same) *and* every stale slot above still held the return address of the cached
+ * stack. Signal frames, frames outside the thread's own stack (coroutines, sigaltstack) and
+ * captures that did not reach the program's caller are never cached. MEMBT_UNWIND_VERIFY=1
+ * captures afresh on every hit and counts differences (C record: unwind_mismatches).
+ *
+ * A thread takes a free record on its first allocation and gives it back at exit (pthread key
+ * destructor); when all are taken it captures without a cache and counts in the shared counters.
+ */
+#include "mbt_internal.h"
+
+#include <string.h>
+
+#define MBT_THREADS_MAX 64
+#define MBT_WAYS 4            /* layouts per key set */
+#define MBT_LAYOUT_SETS 32    /* 128 layouts */
+#define MBT_BUCKET 8          /* entries per bucket: 128 bytes, two cache lines */
+#define MBT_LAYOUTS (MBT_LAYOUT_SETS * MBT_WAYS) /* < 256: an entry names its layout in a byte */
+#define MBT_ENTRY_BUCKETS 512 /* 4096 entries, 64 KiB */
+
+struct mbt_thread {
+    uint32_t owner; /* 0 free, 1 taken */
+    uint32_t round; /* replacement cursor for layouts; capture count for entries */
+    uintptr_t stack_lo, stack_hi; /* the thread's own stack; slots outside it are never cached */
+    mbt_counter truncated, hits, misses, verified, mismatches; /* cumulative over owners */
+};
+
+struct mbt_layout {
+    uintptr_t caller, cfa; /* the key; caller 0: empty */
+    uint16_t version;      /* entries of an older version belong to an evicted layout */
+    uint8_t nframes, truncated, end, nslots;
+    uint32_t off[]; /* nslots offsets from cfa; room for depth */
+};
+
+/* 16 bytes. The frames are compared where the interned stack keeps them (immutable once
+ * published), so a hit reads the bucket and those frames, not the stack record.
+ * key: bits 0-15 of the slot hash, 16-31 the version and 32-39 the index of the layout it was
+ * learned through (the key of an empty entry matches none), 48-63 when it was last used (low bits
+ * of the thread's hit count: the least recent goes first). */
+struct mbt_entry {
+    uint64_t key;
+    uint32_t stack_id;
+    uint32_t frame_off; /* its frames in the frame pool */
+};
+#define MBT_KEY_MATCH 0x000000ffffffffffull
+#define MBT_KEY_USED_SHIFT 48
+
+static inline uint64_t mbt_entry_key(uint64_t hash, unsigned layout, unsigned version)
+{
+    return (hash & 0xffff) | (uint64_t)version << 16 | (uint64_t)(layout + 1) << 32;
+}
+
+_Static_assert(MBT_LAYOUTS <= 256, "an entry names its layout in one byte");
+
+static char *mbt_records;
+static unsigned mbt_nrecords;
+static size_t mbt_record_size, mbt_layout_size, mbt_layouts_at, mbt_entries_at;
+static unsigned mbt_gen = 1; /* a new set of records at every start */
+static int mbt_caching;      /* MEMBT_UNWIND=cached */
+static pthread_key_t mbt_key;
+static int mbt_key_made;
+
+static __thread struct mbt_thread *mbt_self __attribute__((tls_model("initial-exec")));
+static __thread unsigned mbt_self_gen __attribute__((tls_model("initial-exec")));
+
+static inline struct mbt_thread *mbt_record(unsigned i) { return (struct mbt_thread *)(mbt_records + i * mbt_record_size); }
+static inline struct mbt_layout *mbt_layout_at(struct mbt_thread *t, unsigned i)
+{
+    return (struct mbt_layout *)((char *)t + mbt_layouts_at + i * mbt_layout_size);
+}
+static inline struct mbt_entry *mbt_entries(struct mbt_thread *t) { return (struct mbt_entry *)((char *)t + mbt_entries_at); }
+
+/* only the owner writes its counters; a dump reads them while they move */
+#define mbt_bump(t, field) __atomic_store_n(&(t)->field, (t)->field + 1, __ATOMIC_RELAXED)
+
+static size_t mbt_round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Sizes for budget.c, before setup: one record (with its cache) at this depth. */
+size_t mbt_threads_record_size(unsigned depth)
+{
+    size_t layout = (sizeof(struct mbt_layout) + depth * sizeof(uint32_t) + 7) & ~(size_t)7;
+    return mbt_round64(sizeof(struct mbt_thread)) + mbt_round64(MBT_LAYOUT_SETS * MBT_WAYS * layout) +
+           mbt_round64(MBT_ENTRY_BUCKETS * MBT_BUCKET * sizeof(struct mbt_entry));
+}
+
+unsigned mbt_threads_max(void) { return MBT_THREADS_MAX; }
+
+static void mbt_thread_exit(void *arg);
+
+void mbt_threads_setup(const struct mbt_regions *r, unsigned depth)
+{
+    mbt_layout_size = (sizeof(struct mbt_layout) + depth * sizeof(uint32_t) + 7) & ~(size_t)7;
+    mbt_layouts_at = mbt_round64(sizeof(struct mbt_thread));
+    mbt_entries_at = mbt_layouts_at + mbt_round64(MBT_LAYOUT_SETS * MBT_WAYS * mbt_layout_size);
+    mbt_record_size = r->thread_bytes;
+    mbt_records = r->threads;
+    mbt_nrecords = r->thread_slots;
+    mbt_caching = mbt_unwind_cached();
+    __atomic_add_fetch(&mbt_gen, 1, __ATOMIC_RELEASE); /* records of an earlier start are gone */
+    if (!mbt_key_made && pthread_key_create(&mbt_key, mbt_thread_exit) == 0)
+        mbt_key_made = 1;
+}
+
+static void mbt_thread_exit(void *arg)
+{
+    struct mbt_thread *t = arg;
+    if (t && mbt_self == t && mbt_self_gen == __atomic_load_n(&mbt_gen, __ATOMIC_ACQUIRE))
+        __atomic_store_n(&t->owner, 0, __ATOMIC_RELEASE);
+    mbt_self = NULL; /* allocations after this (other destructors) count in the shared counters */
+}
+
+void mbt_threads_unload(void)
+{
+    if (mbt_key_made) {
+        pthread_key_delete(mbt_key);
+        mbt_key_made = 0;
+    }
+}
+
+void mbt_threads_after_fork(void)
+{
+    struct mbt_thread *mine = mbt_self_gen == mbt_gen ? mbt_self : NULL;
+    for (unsigned i = 0; i < mbt_nrecords; i++)
+        if (mbt_record(i) != mine)
+            __atomic_store_n(&mbt_record(i)->owner, 0, __ATOMIC_RELAXED);
+}
+
+static void mbt_stack_bounds(struct mbt_thread *t)
+{
+    pthread_attr_t attr;
+    void *addr;
+    size_t size;
+    t->stack_lo = t->stack_hi = 0;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+        return;
+    if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
+        t->stack_lo = (uintptr_t)addr;
+        t->stack_hi = (uintptr_t)addr + size;
+    }
+    pthread_attr_destroy(&attr);
+}
+
+/* The calling thread's record: NULL when there is none for it (all taken, or thread ending). */
+static struct mbt_thread *mbt_thread_get(void)
+{
+    unsigned gen = __atomic_load_n(&mbt_gen, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(mbt_self_gen == gen, 1))
+        return mbt_self;
+    mbt_self_gen = gen;
+    mbt_self = NULL;
+    for (unsigned i = 0; i < mbt_nrecords; i++) {
+        struct mbt_thread *t = mbt_record(i);
+        uint32_t free_owner = 0;
+        if (!__atomic_compare_exchange_n(&t->owner, &free_owner, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            continue;
+        if (mbt_caching) {
+            memset((char *)t + mbt_layouts_at, 0, mbt_record_size - mbt_layouts_at); /* a former owner's */
+            mbt_stack_bounds(t);
+        }
+        mbt_self = t;
+        if (mbt_key_made)
+            pthread_setspecific(mbt_key, t);
+        break;
+    }
+    return mbt_self;
+}
+
+/* ---- the cache ---- */
+
+static inline uint64_t mbt_key_hash(uintptr_t caller, uintptr_t cfa)
+{
+    uint64_t h = ((uint64_t)caller ^ ((uint64_t)cfa << 17 | (uint64_t)cfa >> 47)) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 31);
+}
+
+/* The words at a layout's slots, from this thread's own stack (inside it when learned), into v,
+ * and their hash: two rotate-xor chains (the loads overlap), mixed once at the end. */
+__attribute__((no_sanitize_address)) static inline uint64_t mbt_read_slots(const struct mbt_layout *l, uint64_t seed,
+                                                                           uintptr_t *v)
+{
+    const uint32_t *off = l->off;
+    uintptr_t base = l->cfa;
+    uint64_t a = seed, b = 0;
+    unsigned n = l->nslots, k = 0;
+    for (; k + 1 < n; k += 2) {
+        uintptr_t x = *(const uintptr_t *)(base + off[k]), y = *(const uintptr_t *)(base + off[k + 1]);
+        v[k] = x;
+        v[k + 1] = y;
+        a = (a << 13 | a >> 51) ^ x;
+        b = (b << 17 | b >> 47) ^ y;
+    }
+    if (k < n) {
+        v[k] = *(const uintptr_t *)(base + off[k]);
+        a = (a << 13 | a >> 51) ^ v[k];
+    }
+    uint64_t h = (a ^ (b << 7 | b >> 57)) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+    return h * 0xc4ceb9fe1a85ec53ull;
+}
+
+/* Do the frames of a stack learned through layout l hold what its slots hold now? (Its frame
+ * count and truncation are the layout's: the entry was made with both.) */
+static inline int mbt_frames_match(const uintptr_t *f, const struct mbt_layout *l, const uintptr_t *v)
+{
+    uintptr_t d0 = f[0] ^ l->caller, d1 = 0;
+    unsigned n = l->nframes, k = 1;
+    for (; k + 1 < n; k += 2) {
+        d0 |= f[k] ^ v[k - 1];
+        d1 |= f[k + 1] ^ v[k];
+    }
+    if (k < n)
+        d0 |= f[k] ^ v[k - 1];
+    if (d0 | d1)
+        return 0;
+    if (l->end == MBT_END_ZERO)
+        return v[l->nslots - 1] == 0;
+    if (l->end == MBT_END_MORE)
+        return v[l->nslots - 1] != 0;
+    return 1;
+}
+
+static uint32_t mbt_cache_find(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa, int *truncated)
+{
+    unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS;
+    const uintptr_t *pool = mbt_regions.frames;
+    uintptr_t v[MEMBT_MAX_DEPTH];
+    for (unsigned w = 0; w < MBT_WAYS; w++) {
+        const struct mbt_layout *l = mbt_layout_at(t, set + w);
+        if (l->caller != caller || l->cfa != cfa)
+            continue;
+        uint64_t h = mbt_read_slots(l, set + w, v), key = mbt_entry_key(h, set + w, l->version);
+        struct mbt_entry *e = mbt_entries(t) + (h >> 32) % MBT_ENTRY_BUCKETS * MBT_BUCKET;
+        for (unsigned i = 0; i < MBT_BUCKET; i++, e++) {
+            if ((e->key & MBT_KEY_MATCH) != key || !mbt_frames_match(pool + e->frame_off, l, v))
+                continue;
+            e->key = key | (uint64_t)(uint16_t)++t->round << MBT_KEY_USED_SHIFT;
+            *truncated = l->truncated;
+            return e->stack_id;
+        }
+    }
+    return 0;
+}
+
+static int mbt_layout_same(const struct mbt_layout *l, uintptr_t caller, uintptr_t cfa, unsigned nframes,
+                           int truncated, const struct mbt_learned *m)
+{
+    return l->caller == caller && l->cfa == cfa && l->nframes == nframes && l->truncated == truncated &&
+           l->end == m->end && l->nslots == m->nslots && !memcmp(l->off, m->off, m->nslots * sizeof *m->off);
+}
+
+static void mbt_cache_add(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa, const uintptr_t *frames,
+                          unsigned nframes, int truncated, const struct mbt_learned *m, uint32_t id)
+{
+    unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS, way = MBT_WAYS;
+    for (unsigned w = 0; w < MBT_WAYS && way == MBT_WAYS; w++)
+        if (mbt_layout_same(mbt_layout_at(t, set + w), caller, cfa, nframes, truncated, m))
+            way = w;
+    if (way == MBT_WAYS) { /* a new layout: an empty way, else the next in turn */
+        for (unsigned w = 0; w < MBT_WAYS && way == MBT_WAYS; w++)
+            if (!mbt_layout_at(t, set + w)->caller)
+                way = w;
+        if (way == MBT_WAYS)
+            way = t->round++ % MBT_WAYS;
+        struct mbt_layout *l = mbt_layout_at(t, set + way);
+        l->caller = caller;
+        l->cfa = cfa;
+        l->version++;
+        l->nframes = (uint8_t)nframes;
+        l->truncated = (uint8_t)truncated;
+        l->end = (uint8_t)m->end;
+        l->nslots = (uint8_t)m->nslots;
+        memcpy(l->off, m->off, m->nslots * sizeof *m->off);
+    }
+    struct mbt_layout *l = mbt_layout_at(t, set + way);
+    /* the words the slots held when the capture ran: frames 1.., then the terminal word */
+    uintptr_t v[MEMBT_MAX_DEPTH];
+    uint64_t h = mbt_read_slots(l, set + way, v), key = mbt_entry_key(h, set + way, l->version);
+    for (unsigned k = 1; k < nframes; k++)
+        if (v[k - 1] != frames[k])
+            return;
+    /* an empty entry, else one of an evicted layout version, else the least recently used */
+    struct mbt_entry *bucket = mbt_entries(t) + (h >> 32) % MBT_ENTRY_BUCKETS * MBT_BUCKET, *e = NULL;
+    uint64_t stale = mbt_entry_key(0, set + way, 0) & ~0xffffffffull;
+    for (unsigned i = 0; i < MBT_BUCKET && !e; i++)
+        if (!bucket[i].key || ((bucket[i].key & MBT_KEY_MATCH & ~0xffffffffull) == stale &&
+                               (uint16_t)(bucket[i].key >> 16) != l->version))
+            e = &bucket[i];
+    if (!e) {
+        uint16_t now = (uint16_t)t->round;
+        e = bucket;
+        for (unsigned i = 1; i < MBT_BUCKET; i++)
+            if ((uint16_t)(now - (bucket[i].key >> MBT_KEY_USED_SHIFT)) >
+                (uint16_t)(now - (e->key >> MBT_KEY_USED_SHIFT)))
+                e = &bucket[i];
+    }
+    e->stack_id = id;
+    e->frame_off = mbt_stack_get(id)->frame_off;
+    e->key = key | (uint64_t)(uint16_t)++t->round << MBT_KEY_USED_SHIFT;
+}
+
+/* ---- stack ids ---- */
+
+static uint32_t mbt_fresh(unsigned depth, const struct mbt_site *site, int *truncated)
+{
+    uintptr_t frames[MEMBT_MAX_DEPTH];
+    unsigned n = mbt_unwind_capture(frames, depth, site, truncated);
+    return mbt_stacks_intern(frames, n, *truncated);
+}
+
+/* Not inlined into the hook path: the cache miss carries the big capture buffers. */
+__attribute__((noinline)) static uint32_t mbt_miss(struct mbt_thread *t, unsigned depth, const struct mbt_site *site,
+                                                   int *truncated)
+{
+    uintptr_t frames[MEMBT_MAX_DEPTH];
+    struct mbt_learned learned;
+    int ok;
+    unsigned n = mbt_unwind_capture_learn(frames, depth, site, truncated, t->stack_lo, t->stack_hi, &learned, &ok);
+    uint32_t id = mbt_stacks_intern(frames, n, *truncated);
+    if (ok && id)
+        mbt_cache_add(t, (uintptr_t)site->caller, (uintptr_t)site->cfa, frames, n, *truncated, &learned, id);
+    return id;
+}
+
+uint32_t mbt_threads_stack_id(unsigned depth, const struct mbt_site *site)
+{
+    struct mbt_thread *t = mbt_thread_get();
+    int truncated = 0;
+    uint32_t id;
+    if (!t) {
+        id = mbt_fresh(depth, site, &truncated);
+        if (truncated)
+            mbt_count_add(mbt_counters.truncated_stacks, 1);
+        return id;
+    }
+    if (!mbt_caching) {
+        id = mbt_fresh(depth, site, &truncated);
+    } else if ((id = mbt_cache_find(t, (uintptr_t)site->caller, (uintptr_t)site->cfa, &truncated)) != 0) {
+        mbt_bump(t, hits);
+        if (mbt_run.unwind_verify) {
+            int fresh_truncated;
+            uint32_t fresh = mbt_fresh(depth, site, &fresh_truncated);
+            mbt_bump(t, verified);
+            if (fresh != id) {
+                mbt_bump(t, mismatches);
+                id = fresh;
+                truncated = fresh_truncated;
+            }
+        }
+    } else {
+        mbt_bump(t, misses);
+        id = mbt_miss(t, depth, site, &truncated);
+    }
+    if (truncated)
+        mbt_bump(t, truncated);
+    return id;
+}
+
+void mbt_threads_totals(struct mbt_thread_totals *tot)
+{
+    tot->truncated = mbt_load(mbt_counters.truncated_stacks);
+    tot->hits = tot->misses = tot->verified = tot->mismatches = 0;
+    for (unsigned i = 0; i < mbt_nrecords; i++) {
+        const struct mbt_thread *t = mbt_record(i);
+        tot->truncated += mbt_load(t->truncated);
+        tot->hits += mbt_load(t->hits);
+        tot->misses += mbt_load(t->misses);
+        tot->verified += mbt_load(t->verified);
+        tot->mismatches += mbt_load(t->mismatches);
+    }
+}
+
+uint64_t mbt_threads_used_bytes(void)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < mbt_nrecords; i++)
+        n += __atomic_load_n(&mbt_record(i)->owner, __ATOMIC_RELAXED) != 0;
+    return n * (mbt_caching ? mbt_record_size : mbt_layouts_at);
+}

@@ -1,13 +1,22 @@
 /* Live blocks keyed by address: 64 shards, each an open-addressing table with linear probing and
- * backward-shift delete under its own tiny lock, so threads rarely meet on one lock.
+ * backward-shift delete under its own tiny lock.
+ *
+ * Which shard: threads that share a shard pass its lock and table lines between their cores on
+ * every allocation (measured: 2 threads 2.0x instead of 1.5x). Allocators keep each thread's
+ * blocks in its own address ranges (glibc arenas), so the address space is cut into regions
+ * (64 KiB at the default budget) and a directory maps each region to the shard of the thread that
+ * allocated there first: its home shard, handed out in turn. A home shard a quarter full takes no
+ * new regions (its thread moves on to another), so one busy thread still spreads over all shards.
+ * A region's shard that is full sends further blocks to the shard the address hashes to, which
+ * is also the shard of every region the directory has no room for.
  *
  * A shard's table grows with its live set (sizes C/2^k up to its final capacity C; each doubles
  * once it is a third full, where probing ends almost at once), so a program with few live blocks
- * touches a few hundred KiB that stay in cache instead of a table spread over the whole budget. Growing copies the shard's
- * entries to one scratch area of C/2 slots shared by all shards (under a lock that only growth
- * takes) and re-inserts them: the block area holds 64 * C + C/2 slots. At its final size a shard
- * takes no more than 4/5 of C; beyond that an allocation is not tracked and the caller counts it.
- * Per-stack live counts are not kept here: the dump's scan adds them up. */
+ * touches a few hundred KiB that stay in cache instead of a table spread over the whole budget.
+ * Growing copies the shard's entries to one scratch area of C/2 slots shared by all shards (under
+ * a lock that only growth takes) and re-inserts them: the block area holds 64 * C + C/2 slots. At
+ * its final size a shard takes no more than 4/5 of C; beyond that an allocation is not tracked
+ * and the caller counts it. Per-stack live counts are not kept here: the dump's scan adds them. */
 #include "mbt_internal.h"
 
 #include <string.h>
@@ -20,6 +29,7 @@ struct mbt_shard {
     uint32_t slots; /* current size */
     uint32_t used;
     uint32_t limit; /* grow (or, at full size, refuse) beyond this */
+    uint32_t spilled; /* some block of its regions went to its address's hash shard */
     size_t bytes;
     struct mbt_block *tab;
 } __attribute__((aligned(64))); /* one cache line each: no false sharing between shards */
@@ -29,10 +39,24 @@ static uint32_t mbt_shard_max;           /* C: a shard's final size */
 static struct mbt_block *mbt_grow_scratch; /* C/2 slots */
 static mbt_lock mbt_grow_lock;
 
+/* The region directory: open addressing, entries (region + 1) << 8 | shard, never removed until
+ * a restart, written under mbt_dir_lock and read without it. */
+static struct {
+    uint64_t *slots;
+    uint32_t mask;
+    unsigned shift; /* region = address >> shift */
+} mbt_dir;
+static uint32_t mbt_dir_used, mbt_dir_max;
+static mbt_lock mbt_dir_lock;
+static unsigned mbt_next_home; /* the next home shard handed out */
+static unsigned mbt_blocks_gen = 1;
+static __thread unsigned mbt_home_shard __attribute__((tls_model("initial-exec")));
+static __thread unsigned mbt_home_gen __attribute__((tls_model("initial-exec")));
+
 /* Multiplicative hash; only its high bits are good (allocator addresses share low bits). */
 static inline uint64_t mbt_addr_hash(uintptr_t addr) { return (uint64_t)addr * 0x9E3779B97F4A7C15ull; }
-static inline struct mbt_shard *mbt_shard_of(uint64_t h) { return &mbt_shards[h >> 58]; }
-static inline uint32_t mbt_home(uint32_t slots, uint64_t h)
+static inline unsigned mbt_hash_shard(uint64_t h) { return (unsigned)(h >> 58); }
+static inline uint32_t mbt_slot_of(uint32_t slots, uint64_t h)
 {
     return (uint32_t)(((h >> 26) & 0xffffffffu) * slots >> 32);
 }
@@ -70,8 +94,10 @@ static uint32_t mbt_first_size(void)
     return size;
 }
 
-void mbt_blocks_setup(struct mbt_block *mem, size_t slots)
+void mbt_blocks_setup(const struct mbt_regions *r)
 {
+    struct mbt_block *mem = r->blocks;
+    size_t slots = r->block_slots;
     /* 64 * C + ceil(C/2) <= slots */
     size_t c = slots * 2 / (2 * MBT_SHARDS + 1);
     while (c && (size_t)MBT_SHARDS * c + (c + 1) / 2 > slots)
@@ -96,15 +122,29 @@ void mbt_blocks_setup(struct mbt_block *mem, size_t slots)
         s->used = 0;
         s->limit = mbt_limit_of(first);
         s->bytes = 0;
+        s->spilled = 0;
         s->tab = mbt_shard_max ? mem + (size_t)i * mbt_shard_max : NULL;
     }
+    /* Regions hold at most a quarter of a shard of the smallest blocks, within 4 KiB .. 1 MiB. */
+    mbt_dir.shift = 12;
+    while (mbt_dir.shift < 20 && ((size_t)2 << mbt_dir.shift) / 16 <= mbt_full_limit(mbt_shard_max) / 4)
+        mbt_dir.shift++;
+    mbt_dir.slots = r->region_dir;
+    mbt_dir.mask = r->region_dir_slots ? r->region_dir_slots - 1 : 0;
+    mbt_dir_max = r->region_dir_slots / 4 * 3;
+    mbt_dir_used = 0;
+    mbt_dir_lock.v = 0;
+    mbt_next_home = 0;
+    __atomic_add_fetch(&mbt_blocks_gen, 1, __ATOMIC_RELEASE); /* every thread picks a home again */
 }
 
 size_t mbt_blocks_capacity(void) { return (size_t)MBT_SHARDS * mbt_full_limit(mbt_shard_max); }
 
+size_t mbt_blocks_dir_bytes(void) { return __atomic_load_n(&mbt_dir_used, __ATOMIC_RELAXED) * sizeof(uint64_t); }
+
 static void mbt_place(struct mbt_block *tab, uint32_t slots, const struct mbt_block *b)
 {
-    uint32_t i = mbt_home(slots, mbt_addr_hash(b->addr));
+    uint32_t i = mbt_slot_of(slots, mbt_addr_hash(b->addr));
     while (tab[i].addr)
         i = mbt_next(slots, i);
     tab[i] = *b;
@@ -135,61 +175,115 @@ static int mbt_shard_grow(struct mbt_shard *s)
     return 1;
 }
 
-/* Start loading the slot an insert of addr will look at first, to overlap with other work. */
-void mbt_blocks_prefetch(uintptr_t addr)
+/* ---- which shard ---- */
+
+/* A region's first slot in the directory: its number, so a heap's regions sit side by side in a
+ * few cache lines (the directory spans 4 GiB of addresses at the default budget). */
+static inline uint32_t mbt_dir_slot(uint64_t region) { return (uint32_t)region & mbt_dir.mask; }
+
+/* The directory's shard for addr's region, or -1 when the region has none. */
+static inline int mbt_dir_find(uintptr_t addr)
+{
+    if (!mbt_dir.slots)
+        return -1;
+    uint64_t region = (uint64_t)addr >> mbt_dir.shift, want = (region + 1) << 8;
+    for (uint32_t i = mbt_dir_slot(region);; i = (i + 1) & mbt_dir.mask) {
+        uint64_t e = __atomic_load_n(&mbt_dir.slots[i], __ATOMIC_ACQUIRE);
+        if (!e)
+            return -1;
+        if ((e & ~(uint64_t)0xff) == want)
+            return (int)(e & 0xff);
+    }
+}
+
+static inline int mbt_shard_open(const struct mbt_shard *s)
+{
+    return __atomic_load_n(&s->used, __ATOMIC_RELAXED) < mbt_full_limit(mbt_shard_max) / 4;
+}
+
+/* The calling thread's home shard: the one it gives the regions it allocates in first; -1 when
+ * every shard is a quarter full (then regions spread by their address). */
+static int mbt_home(void)
+{
+    unsigned gen = __atomic_load_n(&mbt_blocks_gen, __ATOMIC_ACQUIRE);
+    if (mbt_home_gen == gen && mbt_shard_open(&mbt_shards[mbt_home_shard]))
+        return (int)mbt_home_shard;
+    unsigned start = __atomic_fetch_add(&mbt_next_home, 1, __ATOMIC_RELAXED);
+    for (unsigned k = 0; k < MBT_SHARDS; k++) {
+        unsigned pick = (start + k) % MBT_SHARDS;
+        if (mbt_shard_open(&mbt_shards[pick])) {
+            mbt_home_shard = pick;
+            mbt_home_gen = gen;
+            return (int)pick;
+        }
+    }
+    return -1;
+}
+
+/* Where blocks of a region go when its shard is full: the k-th of MBT_SPILLS other shards fixed
+ * by the address (a chain, so that near capacity a block finds room where the budget has it). */
+#define MBT_SPILLS 4
+static inline unsigned mbt_spill_shard(unsigned n, uint64_t h, unsigned k)
+{
+    unsigned s = (unsigned)(mbt_hash_shard(h) + k * 17) % MBT_SHARDS;
+    return s != n ? s : (n + 1 + k) % MBT_SHARDS;
+}
+
+/* A region seen for the first time: it goes to this thread's home shard (or, when the directory
+ * is full, to the hash shard like every region without an entry). */
+__attribute__((noinline)) static unsigned mbt_region_new(uintptr_t addr, uint64_t h)
+{
+    if (!mbt_dir.slots || __atomic_load_n(&mbt_dir_used, __ATOMIC_RELAXED) >= mbt_dir_max)
+        return mbt_hash_shard(h);
+    int home = mbt_home();
+    mbt_lock_acquire(&mbt_dir_lock);
+    uint64_t region = (uint64_t)addr >> mbt_dir.shift, want = (region + 1) << 8;
+    uint32_t i = mbt_dir_slot(region);
+    for (; mbt_dir.slots[i]; i = (i + 1) & mbt_dir.mask) {
+        if ((mbt_dir.slots[i] & ~(uint64_t)0xff) == want) { /* another thread was first */
+            mbt_lock_release(&mbt_dir_lock);
+            return (unsigned)(mbt_dir.slots[i] & 0xff);
+        }
+    }
+    unsigned shard = home >= 0 ? (unsigned)home : (unsigned)(mbt_addr_hash(region) >> 58);
+    if (mbt_dir_used >= mbt_dir_max) {
+        shard = mbt_hash_shard(h); /* full: as every region without an entry */
+    } else {
+        __atomic_store_n(&mbt_dir.slots[i], want | shard, __ATOMIC_RELEASE);
+        __atomic_store_n(&mbt_dir_used, mbt_dir_used + 1, __ATOMIC_RELAXED);
+    }
+    mbt_lock_release(&mbt_dir_lock);
+    return shard;
+}
+
+static inline unsigned mbt_shard_for_lookup(uintptr_t addr, uint64_t h)
+{
+    int found = mbt_dir_find(addr);
+    return found >= 0 ? (unsigned)found : mbt_hash_shard(h);
+}
+
+/* The shard a block at addr goes to, for mbt_blocks_insert; starts loading the slot the insert
+ * looks at first, so that miss overlaps with the caller's other work (the stack lookup). */
+unsigned mbt_blocks_prepare(uintptr_t addr)
 {
     uint64_t h = mbt_addr_hash(addr);
-    const struct mbt_shard *s = mbt_shard_of(h);
+    int found = mbt_dir_find(addr);
+    unsigned n = found >= 0 ? (unsigned)found : mbt_region_new(addr, h);
+    const struct mbt_shard *s = &mbt_shards[n];
     if (s->tab)
-        __builtin_prefetch(&s->tab[mbt_home(s->slots, h)], 1);
+        __builtin_prefetch(&s->tab[mbt_slot_of(s->slots, h)], 1);
+    return n;
 }
 
-int mbt_blocks_insert(const struct mbt_block *b)
-{
-    uint64_t h = mbt_addr_hash(b->addr);
-    struct mbt_shard *s = mbt_shard_of(h);
-    if (!s->tab)
-        return MBT_BLOCK_FULL;
-    mbt_lock_acquire(&s->lock);
-    uint32_t i = mbt_home(s->slots, h);
-    for (; s->tab[i].addr; i = mbt_next(s->slots, i)) {
-        if (s->tab[i].addr != b->addr)
-            continue;
-        /* The address came back without a free we saw (freed by code we do not hook, or
-         * recorded twice through the API): the newest owner wins. */
-        mbt_shard_count(s, 0, b->size, s->tab[i].size);
-        s->tab[i] = *b;
-        mbt_lock_release(&s->lock);
-        return MBT_BLOCK_REPLACED;
-    }
-    if (s->used >= s->limit) {
-        if (!mbt_shard_grow(s)) {
-            mbt_lock_release(&s->lock);
-            return MBT_BLOCK_FULL;
-        }
-        for (i = mbt_home(s->slots, h); s->tab[i].addr; i = mbt_next(s->slots, i))
-            ;
-    }
-    s->tab[i] = *b;
-    mbt_shard_count(s, 1, b->size, 0);
-    mbt_lock_release(&s->lock);
-    return MBT_BLOCK_INSERTED;
-}
+/* ---- one shard, under its lock ---- */
 
-int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out)
+static inline __attribute__((always_inline)) int mbt_shard_remove(struct mbt_shard *s, uintptr_t addr, uint64_t h,
+                                                                   struct mbt_block *out)
 {
-    uint64_t h = mbt_addr_hash(addr);
-    struct mbt_shard *s = mbt_shard_of(h);
-    if (!s->tab)
-        return 0;
-    mbt_lock_acquire(&s->lock);
-    uint32_t slots = s->slots, i = mbt_home(slots, h);
-    for (; s->tab[i].addr != addr; i = mbt_next(slots, i)) {
-        if (!s->tab[i].addr) {
-            mbt_lock_release(&s->lock);
+    uint32_t slots = s->slots, i = mbt_slot_of(slots, h);
+    for (; s->tab[i].addr != addr; i = mbt_next(slots, i))
+        if (!s->tab[i].addr)
             return 0;
-        }
-    }
     *out = s->tab[i];
     mbt_shard_count(s, -1, 0, out->size);
     /* Backward-shift delete: pull later entries of the probe run into the hole unless their home
@@ -199,7 +293,7 @@ int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out)
         j = mbt_next(slots, j);
         if (!s->tab[j].addr)
             break;
-        uint32_t k = mbt_home(slots, mbt_addr_hash(s->tab[j].addr));
+        uint32_t k = mbt_slot_of(slots, mbt_addr_hash(s->tab[j].addr));
         int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
         if (stays)
             continue;
@@ -207,8 +301,89 @@ int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out)
         i = j;
     }
     s->tab[i].addr = 0;
-    mbt_lock_release(&s->lock);
     return 1;
+}
+
+/* MBT_BLOCK_INSERTED / _REPLACED, or _FULL when the shard is full at its final size. */
+static inline __attribute__((always_inline)) int mbt_shard_insert(struct mbt_shard *s, const struct mbt_block *b,
+                                                                   uint64_t h)
+{
+    uint32_t i = mbt_slot_of(s->slots, h);
+    for (; s->tab[i].addr; i = mbt_next(s->slots, i)) {
+        if (s->tab[i].addr != b->addr)
+            continue;
+        /* The address came back without a free we saw (freed by code we do not hook, or
+         * recorded twice through the API): the newest owner wins. */
+        mbt_shard_count(s, 0, b->size, s->tab[i].size);
+        s->tab[i] = *b;
+        return MBT_BLOCK_REPLACED;
+    }
+    if (s->used >= s->limit) {
+        if (!mbt_shard_grow(s))
+            return MBT_BLOCK_FULL;
+        for (i = mbt_slot_of(s->slots, h); s->tab[i].addr; i = mbt_next(s->slots, i))
+            ;
+    }
+    s->tab[i] = *b;
+    mbt_shard_count(s, 1, b->size, 0);
+    return MBT_BLOCK_INSERTED;
+}
+
+/* ---- blocks ---- */
+
+/* After the region's shard n: when it is full, the block goes to its hash shard; when it has
+ * sent blocks there, a stale record of the same address there goes (one owner, the newest). */
+__attribute__((noinline)) static int mbt_insert_spilled(unsigned n, const struct mbt_block *b, uint64_t h, int rc)
+{
+    struct mbt_block old;
+    if (rc == MBT_BLOCK_FULL)
+        __atomic_store_n(&mbt_shards[n].spilled, 1, __ATOMIC_RELAXED);
+    int placed = rc != MBT_BLOCK_FULL;
+    for (unsigned k = 0; k < MBT_SPILLS; k++) {
+        struct mbt_shard *t = &mbt_shards[mbt_spill_shard(n, h, k)];
+        mbt_lock_acquire(&t->lock);
+        if (!placed) {
+            rc = mbt_shard_insert(t, b, h);
+            placed = rc != MBT_BLOCK_FULL;
+        } else if (mbt_shard_remove(t, b->addr, h, &old)) {
+            rc = MBT_BLOCK_REPLACED;
+        }
+        mbt_lock_release(&t->lock);
+    }
+    return rc;
+}
+
+int mbt_blocks_insert(unsigned n, const struct mbt_block *b)
+{
+    uint64_t h = mbt_addr_hash(b->addr);
+    struct mbt_shard *s = &mbt_shards[n];
+    if (!s->tab)
+        return MBT_BLOCK_FULL;
+    mbt_lock_acquire(&s->lock);
+    int rc = mbt_shard_insert(s, b, h), spilled = s->spilled;
+    mbt_lock_release(&s->lock);
+    if (__builtin_expect(rc != MBT_BLOCK_FULL && !spilled, 1))
+        return rc;
+    return mbt_insert_spilled(n, b, h, rc);
+}
+
+int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out)
+{
+    uint64_t h = mbt_addr_hash(addr);
+    unsigned n = mbt_shard_for_lookup(addr, h);
+    struct mbt_shard *s = &mbt_shards[n];
+    if (!s->tab)
+        return 0;
+    mbt_lock_acquire(&s->lock);
+    int found = mbt_shard_remove(s, addr, h, out), spilled = s->spilled;
+    mbt_lock_release(&s->lock);
+    for (unsigned k = 0; !found && spilled && k < MBT_SPILLS; k++) {
+        struct mbt_shard *t = &mbt_shards[mbt_spill_shard(n, h, k)];
+        mbt_lock_acquire(&t->lock);
+        found = mbt_shard_remove(t, addr, h, out);
+        mbt_lock_release(&t->lock);
+    }
+    return found;
 }
 
 /* The dump's scan, one shard at a time so allocating threads wait at most one shard's scan:
@@ -266,6 +441,7 @@ void mbt_blocks_totals(uint64_t *blocks, uint64_t *bytes)
 
 void mbt_blocks_lock_all(void)
 {
+    mbt_lock_acquire(&mbt_dir_lock);
     for (unsigned i = 0; i < MBT_SHARDS; i++)
         mbt_lock_acquire(&mbt_shards[i].lock);
 }
@@ -274,4 +450,5 @@ void mbt_blocks_unlock_all(void)
 {
     for (unsigned i = MBT_SHARDS; i-- > 0;)
         mbt_lock_release(&mbt_shards[i].lock);
+    mbt_lock_release(&mbt_dir_lock);
 }

@@ -6,6 +6,8 @@
  *   stack index = 2 * stack_cap ids of 4 bytes (load <= 1/2 keeps lock-free lookups short)
  *   frame pool  = stack_cap * d frames, at most B / 4 bytes                   (64 MiB -> 8 MiB)
  *   per stack   = one record + one scan slot (60 B on 64-bit, 48 B on 32-bit), stack_cap + 1
+ *   regions     = directory of address regions -> shard, 8 B each, power of two <= B/128
+ *                 (64 MiB -> 65536 slots, filled to 3/4)
  *   threads     = per-thread records with their capture caches (75 KiB each at depth 16), as many
  *                 as fit in B/16, at most 64 (64 MiB -> 54); threads beyond them go uncached
  *   blocks      = the rest: slots of 24 B (16 B on 32-bit) in 64 shards that grow as needed, each
@@ -48,7 +50,11 @@ int mbt_budget_reserve(size_t bytes, unsigned depth, struct mbt_regions *r, cons
     size_t off_scan = off_stacks + mbt_round_up(((size_t)stack_cap + 1) * sizeof(struct mbt_stack));
     size_t off_index = off_scan + mbt_round_up(((size_t)stack_cap + 1) * sizeof(struct mbt_age_scan));
     size_t off_frames = off_index + mbt_round_up((size_t)index_cap * sizeof(uint32_t));
-    size_t off_threads = off_frames + mbt_round_up(frame_cap * sizeof(uintptr_t));
+    size_t off_dir = off_frames + mbt_round_up(frame_cap * sizeof(uintptr_t));
+    uint32_t dir_slots = 64;
+    while ((size_t)dir_slots * 2 * sizeof(uint64_t) <= bytes / 128 && dir_slots < (1u << 30))
+        dir_slots *= 2;
+    size_t off_threads = off_dir + mbt_round_up((size_t)dir_slots * sizeof(uint64_t));
     size_t thread_bytes = mbt_threads_record_size(depth);
     size_t thread_slots = bytes / 16 / thread_bytes;
     if (thread_slots > mbt_threads_max())
@@ -80,6 +86,8 @@ int mbt_budget_reserve(size_t bytes, unsigned depth, struct mbt_regions *r, cons
     r->index_cap = index_cap;
     r->frames = (uintptr_t *)(p + off_frames);
     r->frame_cap = frame_cap;
+    r->region_dir = (uint64_t *)(p + off_dir);
+    r->region_dir_slots = dir_slots;
     r->threads = p + off_threads;
     r->thread_slots = (unsigned)thread_slots;
     r->thread_bytes = thread_bytes;
@@ -113,7 +121,7 @@ uint64_t mbt_budget_used(const struct mbt_regions *r)
 {
     uint64_t blocks, bytes;
     mbt_blocks_totals(&blocks, &bytes);
-    return r->fixed_bytes + blocks * sizeof(struct mbt_block) + mbt_threads_used_bytes() +
+    return r->fixed_bytes + blocks * sizeof(struct mbt_block) + mbt_threads_used_bytes() + mbt_blocks_dir_bytes() +
            ((uint64_t)mbt_stacks_count() + 1) * sizeof(struct mbt_stack) +
            (uint64_t)mbt_stacks_frames_used() * sizeof(uintptr_t);
 }

@@ -172,6 +172,8 @@ struct mbt_regions {
     uintptr_t *frames;
     size_t frame_cap;
     struct mbt_age_scan *scan; /* stack_cap + 1 entries */
+    uint64_t *region_dir; /* address region -> shard (blocks.c) */
+    uint32_t region_dir_slots; /* power of two */
     void *threads;             /* per-thread records with their capture caches */
     unsigned thread_slots;
     size_t thread_bytes; /* one record */
@@ -185,9 +187,9 @@ extern struct mbt_regions mbt_regions;
 
 /* ---- blocks.c: live blocks keyed by address, sharded open addressing ---- */
 enum { MBT_BLOCK_FULL = 0, MBT_BLOCK_INSERTED = 1, MBT_BLOCK_REPLACED = 2 };
-void mbt_blocks_setup(struct mbt_block *mem, size_t slots);
-void mbt_blocks_prefetch(uintptr_t addr);
-int mbt_blocks_insert(const struct mbt_block *b);
+void mbt_blocks_setup(const struct mbt_regions *r);
+unsigned mbt_blocks_prepare(uintptr_t addr); /* the shard for addr's insert */
+int mbt_blocks_insert(unsigned shard, const struct mbt_block *b);
 int mbt_blocks_remove(uintptr_t addr, struct mbt_block *out);
 struct mbt_scan_totals {
     uint64_t live_blocks, live_bytes, old_blocks, old_bytes;
@@ -196,6 +198,7 @@ void mbt_blocks_scan(struct mbt_age_scan *per_stack, uint32_t nstacks, uint32_t 
                      uint32_t leak_age_ms, struct mbt_scan_totals *tot);
 void mbt_blocks_totals(uint64_t *blocks, uint64_t *bytes);
 size_t mbt_blocks_capacity(void);
+size_t mbt_blocks_dir_bytes(void); /* region directory entries in use */
 void mbt_blocks_lock_all(void);
 void mbt_blocks_unlock_all(void);
 

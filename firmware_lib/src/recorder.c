@@ -81,9 +81,9 @@ __attribute__((noinline)) int mbt_on_alloc(void *p, size_t size, const struct mb
 {
     if (!mbt_recording())
         return -1;
-    mbt_blocks_prefetch((uintptr_t)p); /* its cache miss overlaps the stack lookup's */
+    unsigned shard = mbt_blocks_prepare((uintptr_t)p); /* its cache miss overlaps the stack lookup */
     struct mbt_block b = {(uintptr_t)p, size, mbt_threads_stack_id(mbt_run.cfg.depth, site), mbt_tick_now()};
-    if (mbt_blocks_insert(&b) == MBT_BLOCK_FULL) {
+    if (mbt_blocks_insert(shard, &b) == MBT_BLOCK_FULL) {
         mbt_count_add(mbt_counters.dropped_blocks, 1);
         return -1;
     }
@@ -101,7 +101,7 @@ int mbt_on_free(void *p, struct mbt_block *old)
 
 void mbt_on_restore(const struct mbt_block *old)
 {
-    if (mbt_blocks_insert(old) == MBT_BLOCK_FULL)
+    if (mbt_blocks_insert(mbt_blocks_prepare(old->addr), old) == MBT_BLOCK_FULL)
         mbt_count_add(mbt_counters.dropped_blocks, 1);
 }
 
@@ -186,7 +186,7 @@ static int mbt_start_locked(const membt_config *cfg)
             return mbt_fail(why, NULL);
         mbt_regions_depth = cfg->depth;
     }
-    mbt_blocks_setup(mbt_regions.blocks, mbt_regions.block_slots);
+    mbt_blocks_setup(&mbt_regions);
     mbt_stacks_setup(&mbt_regions);
     memset(&mbt_counters, 0, sizeof mbt_counters);
 

@@ -157,12 +157,9 @@ static void mbt_stack_bounds(struct mbt_thread *t)
     pthread_attr_destroy(&attr);
 }
 
-/* The calling thread's record: NULL when there is none for it (all taken, or thread ending). */
-static struct mbt_thread *mbt_thread_get(void)
+/* A record for the calling thread, which has none of this start: NULL when all are taken. */
+__attribute__((noinline)) static struct mbt_thread *mbt_thread_take(unsigned gen)
 {
-    unsigned gen = __atomic_load_n(&mbt_gen, __ATOMIC_ACQUIRE);
-    if (__builtin_expect(mbt_self_gen == gen, 1))
-        return mbt_self;
     mbt_self_gen = gen;
     mbt_self = NULL;
     for (unsigned i = 0; i < mbt_nrecords; i++) {
@@ -180,6 +177,15 @@ static struct mbt_thread *mbt_thread_get(void)
         break;
     }
     return mbt_self;
+}
+
+/* The calling thread's record: NULL when there is none for it (all taken, or thread ending). */
+static inline struct mbt_thread *mbt_thread_get(void)
+{
+    unsigned gen = __atomic_load_n(&mbt_gen, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(mbt_self_gen == gen, 1))
+        return mbt_self;
+    return mbt_thread_take(gen);
 }
 
 /* ---- the cache ---- */
@@ -236,7 +242,8 @@ static inline int mbt_frames_match(const uintptr_t *f, const struct mbt_layout *
     return 1;
 }
 
-static uint32_t mbt_cache_find(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa, int *truncated)
+static inline __attribute__((always_inline)) uint32_t mbt_cache_find(struct mbt_thread *t, uintptr_t caller,
+                                                                      uintptr_t cfa, int *truncated)
 {
     unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS;
     const uintptr_t *pool = mbt_regions.frames;
@@ -338,9 +345,10 @@ __attribute__((noinline)) static uint32_t mbt_miss(struct mbt_thread *t, unsigne
     return id;
 }
 
-uint32_t mbt_threads_stack_id(unsigned depth, const struct mbt_site *site)
+/* Everything but a plain cache hit: no record, no cache, a miss, or a hit to verify. */
+__attribute__((noinline)) static uint32_t mbt_stack_id_slow(struct mbt_thread *t, unsigned depth,
+                                                            const struct mbt_site *site, int looked)
 {
-    struct mbt_thread *t = mbt_thread_get();
     int truncated = 0;
     uint32_t id;
     if (!t) {
@@ -351,7 +359,7 @@ uint32_t mbt_threads_stack_id(unsigned depth, const struct mbt_site *site)
     }
     if (!mbt_caching) {
         id = mbt_fresh(depth, site, &truncated);
-    } else if ((id = mbt_cache_find(t, (uintptr_t)site->caller, (uintptr_t)site->cfa, &truncated)) != 0) {
+    } else if (!looked && (id = mbt_cache_find(t, (uintptr_t)site->caller, (uintptr_t)site->cfa, &truncated)) != 0) {
         mbt_bump(t, hits);
         if (mbt_run.unwind_verify) {
             int fresh_truncated;
@@ -370,6 +378,21 @@ uint32_t mbt_threads_stack_id(unsigned depth, const struct mbt_site *site)
     if (truncated)
         mbt_bump(t, truncated);
     return id;
+}
+
+uint32_t mbt_threads_stack_id(unsigned depth, const struct mbt_site *site)
+{
+    struct mbt_thread *t = mbt_thread_get();
+    if (__builtin_expect(t && mbt_caching && !mbt_run.unwind_verify, 1)) {
+        int truncated;
+        uint32_t id = mbt_cache_find(t, (uintptr_t)site->caller, (uintptr_t)site->cfa, &truncated);
+        if (__builtin_expect(id != 0, 1)) {
+            mbt_bump(t, hits);
+            __atomic_store_n(&t->truncated, t->truncated + (mbt_counter)truncated, __ATOMIC_RELAXED);
+            return id;
+        }
+    }
+    return mbt_stack_id_slow(t, depth, site, t && mbt_caching && !mbt_run.unwind_verify);
 }
 
 void mbt_threads_totals(struct mbt_thread_totals *tot)

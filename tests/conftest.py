@@ -29,6 +29,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "x86_64": ("native", []),
     "x86_64-asan": ("native", ["asan=1"]),
     "armhf": ("arm-linux-gnueabihf", ["arm=1"]),
+    "musl": ("musl", ["musl=1"]),
 }
 SCONS_TIMEOUT_S = 900
 
@@ -205,9 +206,9 @@ def x86_64_target(build_x86_64: Path) -> Target:
     return built("x86_64")
 
 
-@pytest.fixture(scope="session", params=["x86_64", "x86_64-asan", "armhf"])
+@pytest.fixture(scope="session", params=["x86_64", "x86_64-asan", "armhf", "musl"])
 def any_target(request: pytest.FixtureRequest) -> Target:
-    """Every build the tests run: native, native with ASan, and armhf under qemu-arm."""
+    """Every build the tests run: native, native with ASan, armhf under qemu-arm, native on musl libc."""
     return built(request.param)
 
 

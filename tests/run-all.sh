@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc g++ make pkg-config gcc-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
-              qemu-user openssh-server openssh-client socat chromium)
+              musl-tools qemu-user openssh-server openssh-client socat chromium)
 PIP_PACKAGES=(scons pyserial pyelftools cffi pytest hypothesis)
 
 as_root() {

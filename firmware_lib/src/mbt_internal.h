@@ -230,8 +230,7 @@ struct mbt_learned {
 /* A capture like mbt_unwind_capture through libgcc; *learned gets the slots when the capture is
  * one the cache may keep (return 0 from learn_ok otherwise). */
 unsigned mbt_unwind_capture_learn(uintptr_t *out, unsigned depth, const struct mbt_site *site, int *truncated,
-                                  uintptr_t stack_lo, uintptr_t stack_hi, struct mbt_learned *learned,
-                                  int *learn_ok);
+                                  struct mbt_learned *learned, int *learn_ok);
 
 /* ---- threads.c: per-thread records (counters, capture cache), stack ids for captures ---- */
 size_t mbt_threads_record_size(unsigned depth); /* one record with its cache, for budget.c */

@@ -16,10 +16,17 @@
  * Where that chain could break: a frame whose size is not fixed by its code (alloca, VLAs) - its
  * callers' slots move, the old slots no longer hold the old addresses, and the lookup misses.
  * It could only hit wrongly if two such frames changed size by opposite amounts (the key CFA
- * stays the same) *and* every stale slot above still held the return address of the cached
- * stack. Signal frames, frames outside the thread's own stack (coroutines, sigaltstack) and
- * captures that did not reach the program's caller are never cached. MEMBT_UNWIND_VERIFY=1
- * captures afresh on every hit and counts differences (C record: unwind_mismatches).
+ * stack. Captures through a signal frame, or that did not reach the program's caller, are never
+ * cached. MEMBT_UNWIND_VERIFY=1 captures afresh on every hit and counts differences (C record:
+ * unwind_mismatches).
+ *
+ * Reading the slots: they were stack words of this thread at this very stack pointer when the
+ * unwinder read them, and a thread's own stack stays mapped while it runs (a record is wiped when
+ * a new thread takes it). A program that runs on stacks of its own (coroutines) and unmaps one,
+ * then maps a smaller one at the same address and calls the same allocation site at the same
+ * depth, could make a read go past the new stack's end; the thread's stack bounds are not asked
+ * for (pthread_getattr_np allocates while holding the thread's lock: asking from inside an
+ * allocation it makes deadlocks).
  *
  * A thread takes a free record on its first allocation and gives it back at exit (pthread key
  * destructor); when all are taken it captures without a cache and counts in the shared counters.
@@ -38,7 +45,6 @@
 struct mbt_thread {
     uint32_t owner; /* 0 free, 1 taken */
     uint32_t round; /* replacement cursor for layouts; capture count for entries */
-    uintptr_t stack_lo, stack_hi; /* the thread's own stack; slots outside it are never cached */
     mbt_counter truncated, hits, misses, verified, mismatches; /* cumulative over owners */
 };
 
@@ -142,21 +148,6 @@ void mbt_threads_after_fork(void)
             __atomic_store_n(&mbt_record(i)->owner, 0, __ATOMIC_RELAXED);
 }
 
-static void mbt_stack_bounds(struct mbt_thread *t)
-{
-    pthread_attr_t attr;
-    void *addr;
-    size_t size;
-    t->stack_lo = t->stack_hi = 0;
-    if (pthread_getattr_np(pthread_self(), &attr) != 0)
-        return;
-    if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
-        t->stack_lo = (uintptr_t)addr;
-        t->stack_hi = (uintptr_t)addr + size;
-    }
-    pthread_attr_destroy(&attr);
-}
-
 /* A record for the calling thread, which has none of this start: NULL when all are taken. */
 __attribute__((noinline)) static struct mbt_thread *mbt_thread_take(unsigned gen)
 {
@@ -167,10 +158,8 @@ __attribute__((noinline)) static struct mbt_thread *mbt_thread_take(unsigned gen
         uint32_t free_owner = 0;
         if (!__atomic_compare_exchange_n(&t->owner, &free_owner, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
             continue;
-        if (mbt_caching) {
+        if (mbt_caching)
             memset((char *)t + mbt_layouts_at, 0, mbt_record_size - mbt_layouts_at); /* a former owner's */
-            mbt_stack_bounds(t);
-        }
         mbt_self = t;
         if (mbt_key_made)
             pthread_setspecific(mbt_key, t);
@@ -338,7 +327,7 @@ __attribute__((noinline)) static uint32_t mbt_miss(struct mbt_thread *t, unsigne
     uintptr_t frames[MEMBT_MAX_DEPTH];
     struct mbt_learned learned;
     int ok;
-    unsigned n = mbt_unwind_capture_learn(frames, depth, site, truncated, t->stack_lo, t->stack_hi, &learned, &ok);
+    unsigned n = mbt_unwind_capture_learn(frames, depth, site, truncated, &learned, &ok);
     uint32_t id = mbt_stacks_intern(frames, n, *truncated);
     if (ok && id)
         mbt_cache_add(t, (uintptr_t)site->caller, (uintptr_t)site->cfa, frames, n, *truncated, &learned, id);

@@ -346,17 +346,16 @@ __attribute__((no_sanitize_address)) static uintptr_t mbt_ra_slot(uintptr_t lo, 
  * it. The cache relies on a frame's size being a function of its return address (true unless
  * it allocates on the stack dynamically: see threads.c); what this can check, it does. */
 __attribute__((no_sanitize_address)) static int mbt_learn(const struct mbt_uw_walk *w, unsigned skip, unsigned depth,
-                                                          const struct mbt_site *site, uintptr_t lo, uintptr_t hi,
-                                                          struct mbt_learned *l)
+                                                          const struct mbt_site *site, struct mbt_learned *l)
 {
     const uintptr_t *ip = w->out, *cfa = w->cfas, base = (uintptr_t)site->cfa;
     unsigned avail = w->n - skip, nframes = avail > depth ? depth : avail, more = avail > depth;
-    if (w->signal_frame || cfa[skip] != base || base < lo || base >= hi)
+    if (w->signal_frame || cfa[skip] != base)
         return 0;
     l->nslots = 0;
     for (unsigned k = 1; k < nframes + more; k++) {
         uintptr_t slot = mbt_ra_slot(cfa[skip + k - 1], cfa[skip + k], ip[skip + k]);
-        if (!slot || slot + sizeof(uintptr_t) > hi || slot - base > UINT32_MAX)
+        if (!slot || slot - base > UINT32_MAX)
             return 0;
         l->off[l->nslots++] = (uint32_t)(slot - base);
     }
@@ -374,7 +373,7 @@ __attribute__((no_sanitize_address)) static int mbt_learn(const struct mbt_uw_wa
     /* Return address 0: read from the stack, or "undefined" in the CFI (thread and process
      * entry). Read as 0 from the slot, that slot must stay 0; else the CFI ended it. */
     uintptr_t last = cfa[skip + nframes - 1], zslot = w->stop_cfa - sizeof(uintptr_t);
-    if (w->stop_cfa > last && zslot >= last && w->stop_cfa <= hi && !(zslot & (sizeof(uintptr_t) - 1)) &&
+    if (w->stop_cfa > last && zslot >= last && !(zslot & (sizeof(uintptr_t) - 1)) &&
         *(const uintptr_t *)zslot == 0 && zslot - base <= UINT32_MAX) {
         l->off[l->nslots++] = (uint32_t)(zslot - base);
         l->end = MBT_END_ZERO;
@@ -388,7 +387,6 @@ __attribute__((no_sanitize_address)) static int mbt_learn(const struct mbt_uw_wa
 
 __attribute__((noinline)) unsigned mbt_unwind_capture_learn(uintptr_t *out, unsigned depth,
                                                             const struct mbt_site *site, int *truncated,
-                                                            uintptr_t stack_lo, uintptr_t stack_hi,
                                                             struct mbt_learned *learned, int *learn_ok)
 {
 #ifdef MBT_HAVE_CACHE
@@ -398,10 +396,10 @@ __attribute__((noinline)) unsigned mbt_unwind_capture_learn(uintptr_t *out, unsi
     struct mbt_uw_walk w = {raw, cfas, 0, want, 0, MBT_STOP_END, 0, 0};
     unsigned n = mbt_uw_walk(&w);
     unsigned avail = mbt_cut_own(raw, n, want, depth, site, out, truncated, &skip, &found);
-    *learn_ok = found && avail && mbt_learn(&w, skip, depth, site, stack_lo, stack_hi, learned);
+    *learn_ok = found && avail && mbt_learn(&w, skip, depth, site, learned);
     return avail;
 #else
-    (void)stack_lo, (void)stack_hi, (void)learned;
+    (void)learned;
     *learn_ok = 0;
     return mbt_unwind_capture(out, depth, site, truncated);
 #endif

@@ -38,9 +38,9 @@
 #define MBT_THREADS_MAX 64
 #define MBT_WAYS 4            /* layouts per key set */
 #define MBT_LAYOUT_SETS 32    /* 128 layouts */
-#define MBT_BUCKET 8          /* entries per bucket: 128 bytes, two cache lines */
+#define MBT_BUCKET 4          /* entries per bucket: 64 bytes, one cache line */
 #define MBT_LAYOUTS (MBT_LAYOUT_SETS * MBT_WAYS) /* < 256: an entry names its layout in a byte */
-#define MBT_ENTRY_BUCKETS 512 /* 4096 entries, 64 KiB */
+#define MBT_ENTRY_BUCKETS 1024 /* 4096 entries, 64 KiB */
 
 struct mbt_thread {
     uint32_t owner; /* 0 free, 1 taken */
@@ -194,14 +194,17 @@ __attribute__((no_sanitize_address)) static inline uint64_t mbt_read_slots(const
     uintptr_t base = l->cfa;
     uint64_t a = seed, b = 0;
     unsigned n = l->nslots, k = 0;
-    for (; k + 1 < n; k += 2) {
-        uintptr_t x = *(const uintptr_t *)(base + off[k]), y = *(const uintptr_t *)(base + off[k + 1]);
-        v[k] = x;
-        v[k + 1] = y;
-        a = (a << 13 | a >> 51) ^ x;
-        b = (b << 17 | b >> 47) ^ y;
+    for (; k + 3 < n; k += 4) {
+        uintptr_t w = *(const uintptr_t *)(base + off[k]), x = *(const uintptr_t *)(base + off[k + 1]);
+        uintptr_t y = *(const uintptr_t *)(base + off[k + 2]), z = *(const uintptr_t *)(base + off[k + 3]);
+        v[k] = w;
+        v[k + 1] = x;
+        v[k + 2] = y;
+        v[k + 3] = z;
+        a = (a << 13 | a >> 51) ^ w ^ (y << 1);
+        b = (b << 17 | b >> 47) ^ x ^ (z << 1);
     }
-    if (k < n) {
+    for (; k < n; k++) {
         v[k] = *(const uintptr_t *)(base + off[k]);
         a = (a << 13 | a >> 51) ^ v[k];
     }

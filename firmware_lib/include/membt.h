@@ -21,8 +21,10 @@
  * The budget (B bytes, depth d) is split once (src/budget.c):
  *   stack_cap  = largest power of two <= B/1024, within 64..1048576      64 MiB -> 65536 call stacks
  *   frames     = stack_cap * d frames, at most B/4 bytes                  64 MiB -> 8 MiB
- *   per stack  = record + age-scan slot + 2 index slots (72 B on 64-bit)
- *   blocks     = the rest, 24 B slots (16 B on 32-bit) filled to 4/5:     64 MiB -> ~1.8 million live blocks
+ *   per stack  = record + scan slot + 2 index slots (68 B on 64-bit)
+ *   regions    = address-region directory, <= B/128                       64 MiB -> 512 KiB
+ *   threads    = per-thread records and capture caches (75 KiB each), as many as fit in B/16, <= 64
+ *   blocks     = the rest, 24 B slots (16 B on 32-bit) filled to 4/5:     64 MiB -> ~1.6 million live blocks
  *                (30 B per live block on 64-bit, 20 B on 32-bit)
  */
 #ifndef MEMBT_H
@@ -88,7 +90,8 @@ typedef struct membt_config {
     char output[256];       /* "stderr", "stdout", "fd:N", "tcp:HOST:PORT" or a path (opened for append) */
     char format[8];         /* "wire" or "text" */
     int dump_signal;        /* signal number that triggers a dump, 0 = none */
-    char unwind[16];        /* "auto", "fp", "unwind" (libgcc _Unwind_Backtrace), "glibc" (backtrace) */
+    char unwind[16];        /* "auto", "fp", "unwind" (libgcc _Unwind_Backtrace), "glibc" (backtrace),
+                               "cached" (unwind behind a per-thread cache; x86_64, aarch64) */
     int start_reporter;     /* nonzero: start the reporter thread (periodic dumps, signal dumps) */
 } membt_config;
 

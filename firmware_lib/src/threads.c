@@ -16,6 +16,7 @@
  * Where that chain could break: a frame whose size is not fixed by its code (alloca, VLAs) - its
  * callers' slots move, the old slots no longer hold the old addresses, and the lookup misses.
  * It could only hit wrongly if two such frames changed size by opposite amounts (the key CFA
+ * stays the same) *and* every stale slot above still held the return address of the cached
  * stack. Captures through a signal frame, or that did not reach the program's caller, are never
  * cached. MEMBT_UNWIND_VERIFY=1 captures afresh on every hit and counts differences (C record:
  * unwind_mismatches).

@@ -83,7 +83,9 @@ class Suspect:
 
     def classify(self) -> None:
         run = self.current_run()
-        self.growth_bytes_per_min = round(slope([p.t for p in run], [p.live_bytes for p in run]) * 60.0, 1)
+        # over the recent half, like the trend: a cache's fill-up long ago is not growth now
+        recent = recent_half(run)
+        self.growth_bytes_per_min = round(slope([p.t for p in recent], [p.live_bytes for p in recent]) * 60.0, 1)
         has_old = self.latest.old_blocks > 0
         if not has_old:
             self.klass = TRANSIENT
@@ -119,10 +121,15 @@ def rises(values: list[int]) -> bool:
     return up >= 2 and down <= MAX_DISCORDANT * (up + down)
 
 
+def recent_half(run: list[Point]) -> list[Point]:
+    """The later half of a run (at least MIN_TREND_POINTS points): what the trend is judged on."""
+    return run[-max(MIN_TREND_POINTS, math.ceil(len(run) / 2)) :]
+
+
 def is_rising(run: list[Point]) -> bool:
     """A leak still leaking: the recent half of the run rises, in live bytes and in old bytes
     (a cache that filled up has flat live bytes; its old blocks are replaced, not added)."""
-    tail = run[-max(MIN_TREND_POINTS, math.ceil(len(run) / 2)) :]
+    tail = recent_half(run)
     if len(tail) > TREND_SAMPLE:  # pairs grow with the square: look at evenly spaced points
         step = (len(tail) - 1) / (TREND_SAMPLE - 1)
         tail = [tail[round(i * step)] for i in range(TREND_SAMPLE)]

@@ -175,3 +175,13 @@ def test_a_full_pool_that_wobbles_is_stable_not_growing():
     analysis = Analysis()
     feed(analysis, [{"pool": (n, n * 100, n - 10, (n - 10) * 100)} for n in wobble])
     assert classes(analysis) == {"pool": STABLE}
+
+
+def test_a_full_cache_shows_no_growth_once_it_stopped_filling():
+    """Growth is measured where the trend is judged (the recent half): a cache that filled up in the
+    first dumps and stayed full is stable with zero growth, not a slope left over from filling."""
+    analysis = Analysis()
+    feed(analysis, [{"cache_insert": (min(64, 16 * i), min(64, 16 * i) * 256, 64, 64 * 256)} for i in range(1, 13)])
+    (cache,) = analysis.ranked()
+    assert cache.klass == STABLE
+    assert cache.growth_bytes_per_min == 0

@@ -18,21 +18,30 @@ MAX_DUMP_LINES = 100_000  # a dump that never ends must not hold memory forever
 NOISE_KEEP = 200  # console lines kept for context
 NOISE_CHARS = 512  # of a console line that is too long, this much is kept
 
-_DEC = re.compile(rb"[0-9]+\Z")
 _HEX = re.compile(rb"[0-9a-f]+\Z")
 _HEX_DIGITS = b"0123456789abcdef"
-_CRC = re.compile(rb"[0-9a-f]{8}\Z")
 _KEY = re.compile(rb"[a-z0-9_]+\Z")
-_TEXT = re.compile(rb"(?:[!-$&-~]|%[0-9A-F]{2})+\Z")  # 0x21..0x7e except '%', or %XX
+_TEXT_FIELD = rb"(?:[!-$&-~]++|%[0-9A-F]{2})+"  # 0x21..0x7e except '%', or %XX
+_TEXT = re.compile(_TEXT_FIELD + rb"\Z")
 _ESCAPE = re.compile(rb"%([0-9A-F]{2})")
-_FLAGS = re.compile(rb"(?:-|[a-z]+)\Z")
-_TAG = re.compile(rb"[A-Z]\Z")
+
+# A whole version-1 record line checked in one match (most lines are S and G: one regex call
+# instead of one per field). A line it refuses is corrupt or of another version; an S or G record
+# whose payload breaks its branch falls to the generic branch and is refused there.
+_RECORD = re.compile(
+    rb"@MBT 1 ([0-9]+) ([0-9]+) (?:"
+    rb"S ([0-9]+) (-|[a-z]+)((?: [0-9a-f]+)+)"  # stack_id flags addr...
+    rb"|G ([0-9]+(?: [0-9]+){5}) (" + _TEXT_FIELD + rb")"  # stack_id and five counts, thread
+    rb"|([A-Z])((?: [^ ]+)*)"  # any other tag: fields are checked by its own function
+    rb") \*([0-9a-f]{8})"
+)
+_CRC_FIELD = len(" *01234567")
 
 _BEGIN_INT_KEYS = frozenset({"pid", "up_ms", "leak_age_ms", "interval_ms", "depth", "top", "ptr_bits"})
 _BEGIN_TEXT_KEYS = frozenset({"reason", "exe"})
 
 
-@dataclass
+@dataclass(slots=True)  # slots: smaller and cheaper for the garbage collector to scan
 class Module:
     id: int
     load_bias: int
@@ -42,14 +51,14 @@ class Module:
     path: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Stack:
     id: int
     truncated: bool
     addrs: list[int]  # innermost first; empty when the recorder captured no frame
 
 
-@dataclass
+@dataclass(slots=True)
 class Group:
     stack_id: int
     live_blocks: int
@@ -60,7 +69,7 @@ class Group:
     thread: str  # "" when unknown
 
 
-@dataclass
+@dataclass(slots=True)
 class Dump:
     number: int
     complete: bool = False
@@ -104,10 +113,15 @@ def escape_text(text: str | bytes) -> str:
 
 def unescape_text(raw: bytes) -> str:
     """Decode an escaped text field; "-" (empty or unknown) becomes ""."""
-    if raw == b"-":
-        return ""
     if not _TEXT.match(raw):
         raise _Corrupt("bad text field")
+    return _decode_text(raw)
+
+
+def _decode_text(raw: bytes) -> str:
+    """unescape_text of a field already known to be valid text."""
+    if raw == b"-":
+        return ""
     decoded = _ESCAPE.sub(lambda m: bytes.fromhex(m.group(1).decode()), raw) if b"%" in raw else raw
     return decoded.decode("utf-8", "backslashreplace")
 
@@ -171,20 +185,23 @@ def _module(fields: list[bytes]) -> Module:
     )
 
 
-def _stack(fields: list[bytes]) -> Stack:
-    if len(fields) < 3 or not _FLAGS.match(fields[1]):
-        raise _Corrupt("bad S record")
-    addrs = [_hex(a) for a in fields[2:]]
-    if addrs == [0]:
-        addrs = []
-    return Stack(id=_dec(fields[0]), truncated=b"t" in fields[1], addrs=addrs)
+def _stack(stack_id: bytes, flags: bytes, addrs: bytes) -> Stack:
+    """An S record's fields, already checked by _RECORD."""
+    numbers = [int(a, 16) for a in addrs.split()]
+    return Stack(id=int(stack_id), truncated=b"t" in flags, addrs=[] if numbers == [0] else numbers)
 
 
-def _group(fields: list[bytes]) -> Group:
-    if len(fields) != 7:
-        raise _Corrupt("G wants 7 fields")
-    n = [_dec(f) for f in fields[:6]]
-    return Group(n[0], n[1], n[2], n[3], n[4], n[5], unescape_text(fields[6]))
+def _payload(tag: str, fields: list[bytes]) -> object:
+    """The payload of a record that _RECORD's S and G branches did not take."""
+    if tag == "B":
+        return _begin(fields)
+    if tag in ("C", "E"):
+        return _int_pairs(fields)
+    if tag == "M":
+        return _module(fields)
+    if tag in ("S", "G"):
+        raise _Corrupt(f"bad {tag} record")  # a valid one matches its own branch of _RECORD
+    return None  # a record type this reader does not know: it still counts as a line
 
 
 class Parser:
@@ -218,22 +235,17 @@ class Parser:
             return closed
         data = bytes(data)
         self.stats["bytes"] += len(data)
-        start = 0
-        while True:
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                break
-            if self._buf or nl - start > MAX_LINE:
-                self._buf += data[start:nl]
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last newline: the start of a line still arriving
+        for line in lines:
+            if self._buf or len(line) > MAX_LINE:
+                self._buf += line
                 self._compress()
                 line = bytes(self._buf)
                 self._buf.clear()
-            else:
-                line = data[start:nl]
             self._end_line(line, closed)
-            start = nl + 1
-        if start < len(data):
-            self._buf += data[start:]
+        if tail:
+            self._buf += tail
             self._compress()
         return closed
 
@@ -281,26 +293,25 @@ class Parser:
             del buf[: len(buf) - keep]
 
     def _end_line(self, line: bytes, closed: list[Dump]) -> None:
-        long_noise, had_record = self._long_noise, self._line_had_record
-        self._long_noise, self._line_had_record = None, False
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        idx = line.rfind(MARKER)
-        if idx < 0:
-            if had_record:
+        if self._long_noise is not None or self._line_had_record:  # the line outgrew MAX_LINE
+            long_noise, had_record = self._long_noise, self._line_had_record
+            self._long_noise, self._line_had_record = None, False
+            if MARKER not in line:
+                if not had_record and long_noise is not None:
+                    self._add_noise(long_noise + b" [...]")
                 return
-            if long_noise is not None:
-                self._add_noise(long_noise + b" [...]")
-            elif line:
-                self._add_noise(line)
+        end = len(line) - 1 if line.endswith(b"\r") else len(line)
+        idx = line.rfind(MARKER)  # a marker holds no "\r": the same with or without it
+        if idx < 0:
+            if end:
+                self._add_noise(line[:end])
             return
         if idx > 0:
             self.stats["corrupt_lines"] += line.count(MARKER, 0, idx)
-        record = line[idx:]
-        if len(record) > MAX_LINE:
+        if end - idx > MAX_LINE:
             self.stats["corrupt_lines"] += 1
             return
-        self._take_record(record, closed)
+        self._take_record(line, idx, end, closed)
 
     def _add_noise(self, line: bytes) -> None:
         self.stats["noise_lines"] += 1
@@ -308,51 +319,40 @@ class Parser:
 
     # -- lines to records --------------------------------------------------------------------
 
-    def _take_record(self, record: bytes, closed: list[Dump]) -> None:
-        fields = record.split(b" ")
-        # fields: @MBT version dump seq tag ... *crc
-        version = fields[1] if len(fields) > 1 else b""
-        crc = fields[-1]
-        body = record[: len(record) - len(crc) - 1]
-        crc_ok = (
-            len(fields) >= 6 and crc[:1] == b"*" and bool(_CRC.match(crc[1:])) and int(crc[1:], 16) == zlib.crc32(body)
-        )
-        if version != b"1":
-            # a newer format may checksum differently: any decimal version is "unknown", not corrupt
-            key = "unknown_version_lines" if _DEC.match(version) else "corrupt_lines"
-            self.stats[key] += 1
+    def _take_record(self, line: bytes, start: int, end: int, closed: list[Dump]) -> None:
+        """line[start:end] is one record, from the marker to the checksum."""
+        match = _RECORD.fullmatch(line, start, end)
+        if match is None:
+            self._refuse(line[start:end])
             return
-        if not crc_ok:
+        dump_text, seq_text, stack_id, flags, addrs, counts, thread, tag_text, fields, crc = match.groups()
+        if int(crc, 16) != zlib.crc32(line[start : end - _CRC_FIELD]):
             self.stats["corrupt_lines"] += 1
             return
+        dump_no, seq = int(dump_text), int(seq_text)
+        payload: object
         try:
-            if b"" in fields or not _TAG.match(fields[4]):
-                raise _Corrupt("empty field or bad tag")
-            dump_no, seq, tag = _dec(fields[2]), _dec(fields[3]), fields[4].decode("ascii")
-            payload = self._payload(tag, seq, fields[5:-1])
+            if addrs is not None:
+                tag, payload = "S", _stack(stack_id, flags, addrs)
+            elif counts is not None:
+                tag, payload = "G", Group(*map(int, counts.split()), _decode_text(thread))  # type: ignore[misc]
+            else:
+                tag = tag_text.decode("ascii")
+                payload = _payload(tag, fields.split(b" ")[1:])
+            if (seq == 0) != (tag == "B"):
+                raise _Corrupt("B is line 0 and only B")
         except (_Corrupt, ValueError):
             self.stats["corrupt_lines"] += 1
             return
         self.stats["record_lines"] += 1
         self._on_record(dump_no, seq, tag, payload, closed)
 
-    @staticmethod
-    def _payload(tag: str, seq: int, fields: list[bytes]) -> object:
-        if tag == "B":
-            if seq != 0:
-                raise _Corrupt("B must be line 0")
-            return _begin(fields)
-        if seq == 0:
-            raise _Corrupt("only B is line 0")
-        if tag in ("C", "E"):
-            return _int_pairs(fields)
-        if tag == "M":
-            return _module(fields)
-        if tag == "S":
-            return _stack(fields)
-        if tag == "G":
-            return _group(fields)
-        return None  # a record type this reader does not know: it still counts as a line
+    def _refuse(self, record: bytes) -> None:
+        """Count a record line _RECORD does not take: another format version or corrupt."""
+        version = record[len(MARKER) :].partition(b" ")[0]
+        # a newer format may checksum differently: any decimal version is "unknown", not corrupt
+        unknown = version != b"1" and version.isdigit()  # bytes.isdigit: ASCII digits, False when empty
+        self.stats["unknown_version_lines" if unknown else "corrupt_lines"] += 1
 
     # -- records to dumps --------------------------------------------------------------------
 
@@ -362,34 +362,36 @@ class Parser:
                 closed.append(self._finish(f"no end record (cut off by the begin of dump {dump_no})"))
             self._start(Dump(number=dump_no, begin=payload), next_seq=1)  # type: ignore[arg-type]
             return
-        if self._open is not None and self._open.number != dump_no:
-            closed.append(self._finish(f"no end record (a line of dump {dump_no} followed)"))
-        if self._open is None:
+        dump = self._open
+        if dump is None or dump.number != dump_no:
+            if dump is not None:
+                closed.append(self._finish(f"no end record (a line of dump {dump_no} followed)"))
             dump = Dump(number=dump_no)
             dump.problems.append(f"{dump.label()}: begin record missing (joined in the middle, or its line was lost)")
             self._start(dump, next_seq=seq)
-        dump = self._open
-        assert dump is not None
-        if seq != self._next_seq:
+        if seq == self._next_seq:
+            self._next_seq = seq + 1
+        else:
             self._note_gap(dump, seq)
-        self._next_seq = max(self._next_seq, seq + 1)
-        self._counts["lines"] += 1
-        if tag == "C":
+            self._next_seq = max(self._next_seq, seq + 1)
+        counts = self._counts
+        counts["lines"] += 1
+        if tag == "S":
+            counts["stacks"] += 1
+            self._add_unique(dump, dump.stacks, payload, "stack")  # type: ignore[arg-type]
+        elif tag == "G":
+            counts["groups"] += 1
+            dump.groups.append(payload)  # type: ignore[arg-type]
+        elif tag == "C":
             dump.counters = payload  # type: ignore[assignment]
         elif tag == "M":
-            self._counts["modules"] += 1
-            self._add_unique(dump, dump.modules, payload, "module")
-        elif tag == "S":
-            self._counts["stacks"] += 1
-            self._add_unique(dump, dump.stacks, payload, "stack")
-        elif tag == "G":
-            self._counts["groups"] += 1
-            dump.groups.append(payload)  # type: ignore[arg-type]
+            counts["modules"] += 1
+            self._add_unique(dump, dump.modules, payload, "module")  # type: ignore[arg-type]
         elif tag == "E":
             dump.end = payload  # type: ignore[assignment]
             closed.append(self._finish(None))
             return
-        if self._counts["lines"] > MAX_DUMP_LINES:
+        if counts["lines"] > MAX_DUMP_LINES:
             closed.append(self._finish(f"no end record after {MAX_DUMP_LINES} lines; dropped the rest"))
 
     def _start(self, dump: Dump, next_seq: int) -> None:

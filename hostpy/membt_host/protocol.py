@@ -17,6 +17,7 @@ MAX_LINE = 4096  # a record longer than this is corrupt (protocol.md, "Lines")
 MAX_DUMP_LINES = 100_000  # a dump that never ends must not hold memory forever
 NOISE_KEEP = 200  # console lines kept for context
 NOISE_CHARS = 512  # of a console line that is too long, this much is kept
+KNOWN_ADDRESS_BYTES = 1 << 20  # S record address text remembered with its numbers (about 4 MB in all)
 
 _HEX = re.compile(rb"[0-9a-f]+\Z")
 _HEX_DIGITS = b"0123456789abcdef"
@@ -185,12 +186,6 @@ def _module(fields: list[bytes]) -> Module:
     )
 
 
-def _stack(stack_id: bytes, flags: bytes, addrs: bytes) -> Stack:
-    """An S record's fields, already checked by _RECORD."""
-    numbers = [int(a, 16) for a in addrs.split()]
-    return Stack(id=int(stack_id), truncated=b"t" in flags, addrs=[] if numbers == [0] else numbers)
-
-
 def _payload(tag: str, fields: list[bytes]) -> object:
     """The payload of a record that _RECORD's S and G branches did not take."""
     if tag == "B":
@@ -226,6 +221,9 @@ class Parser:
         self._next_seq = 0
         self._counts = {"lines": 0, "modules": 0, "stacks": 0, "groups": 0}
         self._corrupt_at_open = 0
+        # every dump repeats the stacks of the previous one: their addresses are converted once
+        self._known_addresses: dict[bytes, tuple[int, ...]] = {}
+        self._known_address_bytes = 0
 
     # -- bytes to lines ----------------------------------------------------------------------
 
@@ -333,7 +331,7 @@ class Parser:
         payload: object
         try:
             if addrs is not None:
-                tag, payload = "S", _stack(stack_id, flags, addrs)
+                tag, payload = "S", Stack(int(stack_id), b"t" in flags, self._addresses(addrs))
             elif counts is not None:
                 tag, payload = "G", Group(*map(int, counts.split()), _decode_text(thread))  # type: ignore[misc]
             else:
@@ -346,6 +344,18 @@ class Parser:
             return
         self.stats["record_lines"] += 1
         self._on_record(dump_no, seq, tag, payload, closed)
+
+    def _addresses(self, text: bytes) -> list[int]:
+        """The numbers of an S record's checked address field (innermost first; none for "0")."""
+        numbers = self._known_addresses.get(text)
+        if numbers is None:
+            numbers = tuple(int(a, 16) for a in text.split())
+            self._known_address_bytes += len(text)
+            if self._known_address_bytes > KNOWN_ADDRESS_BYTES:
+                self._known_addresses.clear()
+                self._known_address_bytes = len(text)
+            self._known_addresses[text] = numbers
+        return [] if numbers == (0,) else list(numbers)
 
     def _refuse(self, record: bytes) -> None:
         """Count a record line _RECORD does not take: another format version or corrupt."""

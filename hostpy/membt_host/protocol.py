@@ -26,16 +26,19 @@ _TEXT_FIELD = rb"(?:[!-$&-~]++|%[0-9A-F]{2})+"  # 0x21..0x7e except '%', or %XX
 _TEXT = re.compile(_TEXT_FIELD + rb"\Z")
 _ESCAPE = re.compile(rb"%([0-9A-F]{2})")
 
-# A whole version-1 record line checked in one match (most lines are S and G: one regex call
-# instead of one per field). A line it refuses is corrupt or of another version; an S or G record
-# whose payload breaks its branch falls to the generic branch and is refused there.
+# A version-1 record line checked in one match (most lines are S and G: one regex call instead
+# of one per field). A line it refuses is corrupt or of another version; a G record whose fields
+# break its branch falls to the generic branch and is refused there. The S branch takes any
+# address text: Parser._addresses checks it (once per distinct text, as dumps repeat their stacks).
 _RECORD = re.compile(
     rb"@MBT 1 ([0-9]+) ([0-9]+) (?:"
-    rb"S ([0-9]+) (-|[a-z]+)((?: [0-9a-f]+)+)"  # stack_id flags addr...
-    rb"|G ([0-9]+(?: [0-9]+){5}) (" + _TEXT_FIELD + rb")"  # stack_id and five counts, thread
-    rb"|([A-Z])((?: [^ ]+)*)"  # any other tag: fields are checked by its own function
-    rb") \*([0-9a-f]{8})"
+    rb"S ([0-9]+) (-|[a-z]+) (.+)"  # stack_id flags addresses
+    rb"|G ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+) (" + _TEXT_FIELD + rb")"
+    rb"|([A-Z])((?: [^ ]+)*)"  # any other tag: the fields are checked by its own function
+    rb") \*([0-9a-f]{8})",
+    re.DOTALL,  # "." is any byte
 )
+_ADDRESSES = re.compile(rb"[0-9a-f]+(?: [0-9a-f]+)*\Z")
 _CRC_FIELD = len(" *01234567")
 
 _BEGIN_INT_KEYS = frozenset({"pid", "up_ms", "leak_age_ms", "interval_ms", "depth", "top", "ptr_bits"})
@@ -323,17 +326,42 @@ class Parser:
         if match is None:
             self._refuse(line[start:end])
             return
-        dump_text, seq_text, stack_id, flags, addrs, counts, thread, tag_text, fields, crc = match.groups()
+        (  # the groups of _RECORD: header, S branch, G branch, any other tag, checksum
+            dump_text,
+            seq_text,
+            s_stack_id,
+            s_flags,
+            s_addrs,
+            g_stack_id,
+            g_live_blocks,
+            g_live_bytes,
+            g_old_blocks,
+            g_old_bytes,
+            g_oldest_age_ms,
+            g_thread,
+            tag_text,
+            fields,
+            crc,
+        ) = match.groups()
         if int(crc, 16) != zlib.crc32(line[start : end - _CRC_FIELD]):
             self.stats["corrupt_lines"] += 1
             return
         dump_no, seq = int(dump_text), int(seq_text)
         payload: object
         try:
-            if addrs is not None:
-                tag, payload = "S", Stack(int(stack_id), b"t" in flags, self._addresses(addrs))
-            elif counts is not None:
-                tag, payload = "G", Group(*map(int, counts.split()), _decode_text(thread))  # type: ignore[misc]
+            if s_addrs is not None:
+                tag, payload = "S", Stack(int(s_stack_id), b"t" in s_flags, self._addresses(s_addrs))
+            elif g_thread is not None:
+                tag = "G"
+                payload = Group(
+                    int(g_stack_id),
+                    int(g_live_blocks),
+                    int(g_live_bytes),
+                    int(g_old_blocks),
+                    int(g_old_bytes),
+                    int(g_oldest_age_ms),
+                    _decode_text(g_thread),
+                )
             else:
                 tag = tag_text.decode("ascii")
                 payload = _payload(tag, fields.split(b" ")[1:])
@@ -346,9 +374,11 @@ class Parser:
         self._on_record(dump_no, seq, tag, payload, closed)
 
     def _addresses(self, text: bytes) -> list[int]:
-        """The numbers of an S record's checked address field (innermost first; none for "0")."""
+        """The numbers of an S record's address field (innermost first; none for "0")."""
         numbers = self._known_addresses.get(text)
         if numbers is None:
+            if not _ADDRESSES.match(text):
+                raise _Corrupt("bad address")
             numbers = tuple(int(a, 16) for a in text.split())
             self._known_address_bytes += len(text)
             if self._known_address_bytes > KNOWN_ADDRESS_BYTES:

@@ -6,18 +6,23 @@
  * the hook's caller and the hook's CFA (the stack pointer the caller gets back). The slow path
  * learns from each capture where every later return address was read: a stack slot, as an offset
  * from that CFA (unwind.c). A *layout* is the key with those offsets; an *entry* is an interned
- * stack seen through a layout, found by a hash of the words at the layout's slots. A hit needs
- * the key, and every slot to hold exactly the stack's return address (plus the slot that ended
- * the capture: 0, or another frame when it was cut at MEMBT_DEPTH). Then the unwinder, run now,
- * would read the same addresses from the same slots: frame k's CFA is frame k-1's plus a size
- * fixed by frame k's code at that return address, so equal return addresses mean equal CFAs and
- * equal slots, frame after frame. The stack id comes back without unwinding or interning.
+ * stack seen through a layout, found by a 64-bit fingerprint of the words at the layout's slots
+ * (the stack's return addresses, plus the slot that ended the capture: 0, or another frame when
+ * it was cut at MEMBT_DEPTH). A hit needs the key and the fingerprint the entry was learned with.
+ * Then the unwinder, run now, would read the same addresses from the same slots: frame k's CFA is
+ * frame k-1's plus a size fixed by frame k's code at that return address, so equal return
+ * addresses mean equal CFAs and equal slots, frame after frame. The stack id comes back without
+ * unwinding or interning, and without reading the stack's frames (a hit touches one cache line
+ * of the cache; comparing the frames too cost 5 ns of the 60 an allocation pays in bench/).
+ * The price: two different slot contents with the same fingerprint, for the same key, would
+ * give the cached stack - about 2^-62 per allocation (4 entries a bucket), so less than one
+ * wrong stack in 10^18 allocations.
  *
  * Where that chain could break: a frame whose size is not fixed by its code (alloca, VLAs) - its
  * callers' slots move, the old slots no longer hold the old addresses, and the lookup misses.
  * It could only hit wrongly if two such frames changed size by opposite amounts (the key CFA
  * stays the same) *and* every stale slot above still held the return address of the cached
- * stack. Captures through a signal frame, or that did not reach the program's caller, are never
+ * stack (firmware_lib/examples/cache_sample.c does both and counts no mismatch). Captures through a signal frame, or that did not reach the program's caller, are never
  * cached. MEMBT_UNWIND_VERIFY=1 captures afresh on every hit and counts differences (C record:
  * unwind_mismatches).
  *
@@ -56,23 +61,14 @@ struct mbt_layout {
     uint32_t off[]; /* nslots offsets from cfa; room for depth */
 };
 
-/* 16 bytes. The frames are compared where the interned stack keeps them (immutable once
- * published), so a hit reads the bucket and those frames, not the stack record.
- * key: bits 0-15 of the slot hash, 16-31 the version and 32-39 the index of the layout it was
- * learned through (the key of an empty entry matches none), 48-63 when it was last used (low bits
- * of the thread's hit count: the least recent goes first). */
+/* 16 bytes: a hit reads one bucket line and nothing else (not the stack's frames). */
 struct mbt_entry {
-    uint64_t key;
+    uint64_t print;    /* fingerprint of the words at the layout's slots when it was learned */
     uint32_t stack_id;
-    uint32_t frame_off; /* its frames in the frame pool */
+    uint16_t version;  /* of the layout it was learned through (an older one is stale) */
+    uint8_t layout;    /* that layout's index + 1; 0: empty */
+    uint8_t used;      /* low bits of the thread's round at its last use: the least recent goes first */
 };
-#define MBT_KEY_MATCH 0x000000ffffffffffull
-#define MBT_KEY_USED_SHIFT 48
-
-static inline uint64_t mbt_entry_key(uint64_t hash, unsigned layout, unsigned version)
-{
-    return (hash & 0xffff) | (uint64_t)version << 16 | (uint64_t)(layout + 1) << 32;
-}
 
 _Static_assert(MBT_LAYOUTS <= 256, "an entry names its layout in one byte");
 
@@ -186,76 +182,71 @@ static inline uint64_t mbt_key_hash(uintptr_t caller, uintptr_t cfa)
     return h ^ (h >> 31);
 }
 
-/* The words at a layout's slots, from this thread's own stack (inside it when learned), into v,
- * and their hash: two rotate-xor chains (the loads overlap), mixed once at the end. */
-__attribute__((no_sanitize_address)) static inline uint64_t mbt_read_slots(const struct mbt_layout *l, uint64_t seed,
-                                                                           uintptr_t *v)
+/* The 128-bit product folded to 64 bits (wyhash's "mum"). 32-bit builds never cache (unwind.c
+ * refuses MEMBT_UNWIND=cached there): their stand-in only has to compile. */
+static inline uint64_t mbt_mum(uint64_t x, uint64_t y)
+{
+#ifdef __SIZEOF_INT128__
+    unsigned __int128 p = (unsigned __int128)x * y;
+    return (uint64_t)p ^ (uint64_t)(p >> 64);
+#else
+    return x * y ^ ((x >> 32) * (y >> 32));
+#endif
+}
+
+/* The fingerprint of the words at a layout's slots, read from this thread's own stack (inside it
+ * when learned): one independent product per pair of slots, so the multiplies overlap, xored and
+ * mixed once. Each slot has a key of its own (a Weyl sequence, as in wyrand), so the same words
+ * at other slots give another fingerprint. */
+#define MBT_PRINT_STEP 0x9e3779b97f4a7c15ull
+__attribute__((no_sanitize_address)) static inline uint64_t mbt_slots_print(const struct mbt_layout *l, uint64_t seed)
 {
     const uint32_t *off = l->off;
     uintptr_t base = l->cfa;
-    uint64_t a = seed, b = 0;
     unsigned n = l->nslots, k = 0;
-    for (; k + 3 < n; k += 4) {
-        uintptr_t w = *(const uintptr_t *)(base + off[k]), x = *(const uintptr_t *)(base + off[k + 1]);
-        uintptr_t y = *(const uintptr_t *)(base + off[k + 2]), z = *(const uintptr_t *)(base + off[k + 3]);
-        v[k] = w;
-        v[k + 1] = x;
-        v[k + 2] = y;
-        v[k + 3] = z;
-        a = (a << 13 | a >> 51) ^ w ^ (y << 1);
-        b = (b << 17 | b >> 47) ^ x ^ (z << 1);
+    uint64_t h = seed ^ n, key = 0xa0761d6478bd642full, g = 0;
+    for (; k + 3 < n; k += 4) { /* two products an iteration, in two chains */
+        uint64_t w = *(const uintptr_t *)(base + off[k]), x = *(const uintptr_t *)(base + off[k + 1]);
+        uint64_t y = *(const uintptr_t *)(base + off[k + 2]), z = *(const uintptr_t *)(base + off[k + 3]);
+        h ^= mbt_mum(w ^ key, x ^ (key + MBT_PRINT_STEP));
+        g ^= mbt_mum(y ^ (key + 2 * MBT_PRINT_STEP), z ^ (key + 3 * MBT_PRINT_STEP));
+        key += 4 * MBT_PRINT_STEP;
     }
-    for (; k < n; k++) {
-        v[k] = *(const uintptr_t *)(base + off[k]);
-        a = (a << 13 | a >> 51) ^ v[k];
-    }
-    uint64_t h = (a ^ (b << 7 | b >> 57)) * 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
-    return h * 0xc4ceb9fe1a85ec53ull;
+    for (; k < n; k++, key += MBT_PRINT_STEP)
+        h ^= mbt_mum(*(const uintptr_t *)(base + off[k]) ^ key, key ^ 0xe7037ed1a0b428dbull);
+    h ^= g;
+    return mbt_mum(h ^ 0x2d358dccaa6c78a5ull, h ^ 0x8bb84b93962eacc9ull);
 }
 
-/* Do the frames of a stack learned through layout l hold what its slots hold now? (Its frame
- * count and truncation are the layout's: the entry was made with both.) */
-static inline int mbt_frames_match(const uintptr_t *f, const struct mbt_layout *l, const uintptr_t *v)
+static inline int mbt_entry_of(const struct mbt_entry *e, uint64_t print, unsigned layout, unsigned version)
 {
-    uintptr_t d0 = f[0] ^ l->caller, d1 = 0;
-    unsigned n = l->nframes, k = 1;
-    for (; k + 1 < n; k += 2) {
-        d0 |= f[k] ^ v[k - 1];
-        d1 |= f[k + 1] ^ v[k];
-    }
-    if (k < n)
-        d0 |= f[k] ^ v[k - 1];
-    if (d0 | d1)
-        return 0;
-    if (l->end == MBT_END_ZERO)
-        return v[l->nslots - 1] == 0;
-    if (l->end == MBT_END_MORE)
-        return v[l->nslots - 1] != 0;
-    return 1;
+    return e->print == print && e->layout == layout + 1 && e->version == (uint16_t)version;
 }
 
 static inline __attribute__((always_inline)) uint32_t mbt_cache_find(struct mbt_thread *t, uintptr_t caller,
                                                                       uintptr_t cfa, int *truncated)
 {
     unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS;
-    const uintptr_t *pool = mbt_regions.frames;
-    uintptr_t v[MEMBT_MAX_DEPTH];
     for (unsigned w = 0; w < MBT_WAYS; w++) {
         const struct mbt_layout *l = mbt_layout_at(t, set + w);
         if (l->caller != caller || l->cfa != cfa)
             continue;
-        uint64_t h = mbt_read_slots(l, set + w, v), key = mbt_entry_key(h, set + w, l->version);
+        uint64_t h = mbt_slots_print(l, set + w);
         struct mbt_entry *e = mbt_entries(t) + (h >> 32) % MBT_ENTRY_BUCKETS * MBT_BUCKET;
         for (unsigned i = 0; i < MBT_BUCKET; i++, e++) {
-            if ((e->key & MBT_KEY_MATCH) != key || !mbt_frames_match(pool + e->frame_off, l, v))
+            if (!mbt_entry_of(e, h, set + w, l->version))
                 continue;
-            e->key = key | (uint64_t)(uint16_t)++t->round << MBT_KEY_USED_SHIFT;
+            e->used = (uint8_t)++t->round;
             *truncated = l->truncated;
             return e->stack_id;
         }
     }
     return 0;
+}
+
+__attribute__((no_sanitize_address)) static inline uintptr_t mbt_slot_word(const struct mbt_layout *l, unsigned k)
+{
+    return *(const uintptr_t *)(l->cfa + l->off[k]);
 }
 
 static int mbt_layout_same(const struct mbt_layout *l, uintptr_t caller, uintptr_t cfa, unsigned nframes,
@@ -289,30 +280,31 @@ static void mbt_cache_add(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa,
         memcpy(l->off, m->off, m->nslots * sizeof *m->off);
     }
     struct mbt_layout *l = mbt_layout_at(t, set + way);
-    /* the words the slots held when the capture ran: frames 1.., then the terminal word */
-    uintptr_t v[MEMBT_MAX_DEPTH];
-    uint64_t h = mbt_read_slots(l, set + way, v), key = mbt_entry_key(h, set + way, l->version);
+    /* the slots must hold what the capture read there: frames 1.., then the terminal word */
     for (unsigned k = 1; k < nframes; k++)
-        if (v[k - 1] != frames[k])
+        if (mbt_slot_word(l, k - 1) != frames[k])
             return;
+    if ((l->end == MBT_END_ZERO && mbt_slot_word(l, l->nslots - 1) != 0) ||
+        (l->end == MBT_END_MORE && mbt_slot_word(l, l->nslots - 1) == 0))
+        return;
+    uint64_t h = mbt_slots_print(l, set + way);
     /* an empty entry, else one of an evicted layout version, else the least recently used */
     struct mbt_entry *bucket = mbt_entries(t) + (h >> 32) % MBT_ENTRY_BUCKETS * MBT_BUCKET, *e = NULL;
-    uint64_t stale = mbt_entry_key(0, set + way, 0) & ~0xffffffffull;
     for (unsigned i = 0; i < MBT_BUCKET && !e; i++)
-        if (!bucket[i].key || ((bucket[i].key & MBT_KEY_MATCH & ~0xffffffffull) == stale &&
-                               (uint16_t)(bucket[i].key >> 16) != l->version))
+        if (!bucket[i].layout || (bucket[i].layout == set + way + 1 && bucket[i].version != l->version))
             e = &bucket[i];
     if (!e) {
-        uint16_t now = (uint16_t)t->round;
+        uint8_t now = (uint8_t)t->round;
         e = bucket;
         for (unsigned i = 1; i < MBT_BUCKET; i++)
-            if ((uint16_t)(now - (bucket[i].key >> MBT_KEY_USED_SHIFT)) >
-                (uint16_t)(now - (e->key >> MBT_KEY_USED_SHIFT)))
+            if ((uint8_t)(now - bucket[i].used) > (uint8_t)(now - e->used))
                 e = &bucket[i];
     }
+    e->print = h;
     e->stack_id = id;
-    e->frame_off = mbt_stack_get(id)->frame_off;
-    e->key = key | (uint64_t)(uint16_t)++t->round << MBT_KEY_USED_SHIFT;
+    e->version = l->version;
+    e->layout = (uint8_t)(set + way + 1);
+    e->used = (uint8_t)++t->round;
 }
 
 /* ---- stack ids ---- */

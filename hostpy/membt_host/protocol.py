@@ -17,7 +17,7 @@ MAX_LINE = 4096  # a record longer than this is corrupt (protocol.md, "Lines")
 MAX_DUMP_LINES = 100_000  # a dump that never ends must not hold memory forever
 NOISE_KEEP = 200  # console lines kept for context
 NOISE_CHARS = 512  # of a console line that is too long, this much is kept
-KNOWN_ADDRESS_BYTES = 1 << 20  # S record address text remembered with its numbers (about 4 MB in all)
+KNOWN_ADDRESS_BYTES = 1 << 20  # S record address text remembered with its numbers (a few MB in all)
 
 _HEX = re.compile(rb"[0-9a-f]+\Z")
 _HEX_DIGITS = b"0123456789abcdef"
@@ -134,6 +134,30 @@ def encode_record(dump: int, seq: int, tag: str, fields: list[str], version: int
     """One record line, checksum included, ending in a newline."""
     body = " ".join([MARKER.decode().rstrip(), str(version), str(dump), str(seq), tag, *fields]).encode("ascii")
     return body + b" *%08x\n" % zlib.crc32(body)
+
+
+def module_fields(module: Module) -> list[str]:
+    """The fields of module's M record, for encode_record (the recorder's side: tests and tools)."""
+    return [
+        str(module.id),
+        f"{module.load_bias:x}",
+        f"{module.lo:x}",
+        f"{module.hi:x}",
+        module.build_id or "-",
+        escape_text(module.path),
+    ]
+
+
+def stack_fields(stack: Stack) -> list[str]:
+    """The fields of stack's S record, for encode_record."""
+    return [str(stack.id), "t" if stack.truncated else "-", *(f"{a:x}" for a in stack.addrs or [0])]
+
+
+def group_fields(group: Group) -> list[str]:
+    """The fields of group's G record, for encode_record."""
+    g = group
+    numbers = [g.stack_id, g.live_blocks, g.live_bytes, g.old_blocks, g.old_bytes, g.oldest_age_ms]
+    return [*map(str, numbers), escape_text(g.thread)]
 
 
 def _dec(raw: bytes) -> int:

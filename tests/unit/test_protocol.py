@@ -2,9 +2,11 @@
 
 import zlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from membt_host.protocol import (
+    KNOWN_ADDRESS_BYTES,
     MAX_LINE,
     Dump,
     Group,
@@ -13,6 +15,9 @@ from membt_host.protocol import (
     Stack,
     encode_record,
     escape_text,
+    group_fields,
+    module_fields,
+    stack_fields,
     unescape_text,
 )
 
@@ -28,9 +33,9 @@ def make_dump(number: int = 1, pid: int = 10, *, thread: str = "main", exe: str 
             [f"pid={pid}", "up_ms=100", "reason=timer", f"exe={escape_text(exe)}"],
         ),
         encode_record(number, 1, "C", ["live_blocks=1", "live_bytes=8"]),
-        encode_record(number, 2, "M", ["1", "0", "1000", "2000", "-", escape_text(exe)]),
-        encode_record(number, 3, "S", ["5", "-", "1234"]),
-        encode_record(number, 4, "G", ["5", "1", "8", "1", "8", "9000", escape_text(thread)]),
+        encode_record(number, 2, "M", module_fields(Module(1, 0, 0x1000, 0x2000, None, exe))),
+        encode_record(number, 3, "S", stack_fields(Stack(5, False, [0x1234]))),
+        encode_record(number, 4, "G", group_fields(Group(5, 1, 8, 1, 8, 9000, thread))),
         encode_record(
             number,
             5,
@@ -78,6 +83,90 @@ def test_bad_escape_or_double_space_is_corrupt_even_with_good_checksum():
         (dump,), parser = parse_all(b"".join(broken))
         assert parser.stats["corrupt_lines"] == 1
         assert not dump.complete and "line 4 missing" in dump.problems[0]
+
+
+@pytest.mark.parametrize(
+    "tag, fields",
+    [
+        ("S", ["5", "-", "12AB"]),  # hex is lower case
+        ("S", ["5", "-", "0x12ab"]),
+        ("S", ["5", "-", "12ab", ""]),  # trailing space
+        ("S", ["5", "-", "", "12ab"]),  # double space
+        ("S", ["5", "-"]),  # no address: a stack without frames is written "0"
+        ("S", ["5", "T", "12ab"]),  # flags are lower-case letters or "-"
+        ("S", ["5", "", "12ab"]),
+        ("S", ["-5", "-", "12ab"]),
+        ("S", ["5", "-", "12ab", "%20"]),
+        ("G", ["5", "1", "8", "1", "8", "9000"]),  # thread missing
+        ("G", ["5", "1", "8", "1", "8", "9000", "main", "x"]),
+        ("G", ["5", "1", "8", "1", "8", "9e3", "main"]),
+        ("G", ["5", "1", "8", "1", "8", "9000", "ma%zzin"]),
+        ("G", ["5", "1", "8", "1", "8", "9000", "ma\tin"]),
+        ("G", ["5", "1", "8", "1", "", "8", "main"]),
+        ("M", ["1", "0", "1000", "2000", "-"]),
+        ("M", ["1", "0", "1000", "2000", "AB12", "/bin/app"]),
+        ("M", ["1", "0", "1000", "x2000", "-", "/bin/app"]),
+        ("M", ["1", "0", "1000", "2000", "-", "/bin/a%2"]),
+    ],
+)
+def test_malformed_fields_are_corrupt_even_with_good_checksum(tag, fields):
+    lines = make_dump()
+    seq = {"M": 2, "S": 3, "G": 4}[tag]
+    broken = lines[:seq] + [encode_record(1, seq, tag, fields)] + lines[seq + 1 :]
+    (dump,), parser = parse_all(b"".join(broken))
+    assert parser.stats["corrupt_lines"] == 1 and parser.stats["record_lines"] == 5
+    assert not dump.complete and f"line {seq} missing (1 corrupt line seen meanwhile)" in dump.problems[0]
+
+
+def test_stack_of_one_zero_address_has_no_frames():
+    lines = make_dump()
+    for zero in ("0", "00"):
+        lines[3] = encode_record(1, 3, "S", ["5", "t", zero])
+        (dump,), _ = parse_all(b"".join(lines))
+        assert dump.complete and dump.stacks[5] == Stack(5, True, [])
+
+
+def test_repeated_stacks_give_each_dump_its_own_address_list():
+    parser = Parser()
+    first, second = parser.feed(b"".join(make_dump(1) + make_dump(2)))
+    assert first.stacks[5].addrs == second.stacks[5].addrs == [0x1234]
+    first.stacks[5].addrs.append(1)  # a consumer changing one dump leaves the others alone
+    (third,) = parser.feed(b"".join(make_dump(3)))
+    assert second.stacks[5].addrs == third.stacks[5].addrs == [0x1234]
+
+
+def test_a_refused_address_text_stays_refused_when_repeated():
+    bad = encode_record(1, 3, "S", ["5", "-", "12AB"])
+    lines = make_dump()
+    (dump1, dump2), parser = parse_all(b"".join(lines[:3] + [bad] + lines[4:]) * 2)
+    assert parser.stats["corrupt_lines"] == 2 and not dump1.complete and not dump2.complete
+
+
+def test_address_memory_stays_bounded_over_many_distinct_stacks():
+    parser = Parser()
+    addrs = [f"{0x7F0000000000 + i:x}" for i in range(16)]
+    for n in range(1, 1 + 2 * KNOWN_ADDRESS_BYTES // 200):
+        lines = make_dump(n)
+        lines[3] = encode_record(n, 3, "S", ["5", "-", *addrs[1:], f"{n:x}"])
+        (dump,) = parser.feed(b"".join(lines))
+        assert dump.complete and dump.stacks[5].addrs[-1] == n
+    assert parser._known_address_bytes <= KNOWN_ADDRESS_BYTES
+    assert sum(map(len, parser._known_addresses)) == parser._known_address_bytes
+
+
+def test_record_helpers_are_what_the_parser_reads():
+    module = Module(3, 0x7F00, 0x7F1000, 0x7F9000, "ab12", "/opt/my lib.so")
+    stack, bare = Stack(9, True, [0x7F1234, 0x7F5678]), Stack(10, False, [])
+    group = Group(9, 2, 64, 1, 32, 5000, "worker 1")
+    assert module_fields(module) == ["3", "7f00", "7f1000", "7f9000", "ab12", "/opt/my%20lib.so"]
+    assert stack_fields(stack) == ["9", "t", "7f1234", "7f5678"] and stack_fields(bare) == ["10", "-", "0"]
+    assert group_fields(group) == ["9", "2", "64", "1", "32", "5000", "worker%201"]
+    lines = make_dump()
+    lines[2] = encode_record(1, 2, "M", module_fields(module))
+    lines[3] = encode_record(1, 3, "S", stack_fields(stack))
+    lines[4] = encode_record(1, 4, "G", group_fields(group))
+    (dump,), _ = parse_all(b"".join(lines))
+    assert (dump.modules, dump.stacks, dump.groups) == ({3: module}, {9: stack}, [group])
 
 
 def test_new_begin_closes_open_dump_as_incomplete():
@@ -195,35 +284,11 @@ def valid_dumps(draw, number: int) -> tuple[list[bytes], Dump]:
     lines = [encode_record(number, 0, "B", [f"pid={pid}", "up_ms=5", f"exe={escape_text(exe)}"])]
     lines.append(encode_record(number, 1, "C", ["dropped_blocks=0"]))
     for m in modules.values():
-        fields = [
-            str(m.id),
-            f"{m.load_bias:x}",
-            f"{m.lo:x}",
-            f"{m.hi:x}",
-            m.build_id or "-",
-            escape_text(m.path),
-        ]
-        lines.append(encode_record(number, len(lines), "M", fields))
+        lines.append(encode_record(number, len(lines), "M", module_fields(m)))
     for s in stacks.values():
-        addrs = [f"{a:x}" for a in s.addrs] or ["0"]
-        lines.append(
-            encode_record(
-                number,
-                len(lines),
-                "S",
-                [str(s.id), "t" if s.truncated else "-", *addrs],
-            )
-        )
+        lines.append(encode_record(number, len(lines), "S", stack_fields(s)))
     for g in groups:
-        nums = [
-            g.stack_id,
-            g.live_blocks,
-            g.live_bytes,
-            g.old_blocks,
-            g.old_bytes,
-            g.oldest_age_ms,
-        ]
-        lines.append(encode_record(number, len(lines), "G", [*map(str, nums), escape_text(g.thread)]))
+        lines.append(encode_record(number, len(lines), "G", group_fields(g)))
     counts = [
         f"lines={len(lines) + 1}",
         f"modules={len(modules)}",

@@ -19,6 +19,8 @@
 
 #define MAX_WORKERS 16
 #define KEEP 1024 /* live blocks per thread: each new block replaces a random old one */
+#define PATHS 16  /* ways through the call chain (struct op's path) */
+#define KINDS 4   /* allocation calls in allocate() */
 
 /* One allocation: which way each level of the call chain goes and how big its frames are. */
 struct op {
@@ -33,6 +35,7 @@ struct op {
 /* One thread's work: its own random numbers and its own live blocks. */
 struct lane {
     uint64_t rng;
+    void *pinned[PATHS * KINDS]; /* one block per path and call, kept for good: every stack stays live */
     void *keep[KEEP];
 };
 
@@ -161,8 +164,8 @@ static struct op make_op(struct lane *lane)
     uint64_t r = next_random(lane);
     struct op op;
     /* most allocations come from a few hot paths, as in a real program; every fourth from any */
-    op.path = (r & 3) ? (unsigned)(r >> 2 & 1) * 0xb : (unsigned)(r >> 2 & 15);
-    op.kind = (unsigned)(r >> 6 & 3);
+    op.path = (r & 3) ? (unsigned)(r >> 2 & 1) * 0xb : (unsigned)(r >> 2 & (PATHS - 1));
+    op.kind = (unsigned)(r >> 6 & (KINDS - 1));
     op.size = 16 + (size_t)(r >> 8 & 255);
     size_t total = 128 + 64 * (size_t)(r >> 16 & 1);
     op.inner = 16 * (1 + (size_t)(r >> 17 & 3)); /* 16..64: the outer frame gets the rest */
@@ -173,6 +176,12 @@ static struct op make_op(struct lane *lane)
 
 NOINLINE static void run_lane(struct lane *lane)
 {
+    for (unsigned i = 0; i < PATHS * KINDS; i++) {
+        struct op op = make_op(lane);
+        op.path = i / KINDS;
+        op.kind = i % KINDS;
+        lane->pinned[i] = dispatch(&op);
+    }
     for (unsigned long i = 0; i < operations; i++) {
         struct op op = make_op(lane);
         void *p = dispatch(&op);
@@ -244,9 +253,12 @@ int main(int argc, char **argv)
     pthread_join(late, NULL);
 
     unsigned live = 0;
-    for (unsigned i = 0; i < workers + 2; i++)
+    for (unsigned i = 0; i < workers + 2; i++) {
+        for (unsigned k = 0; k < PATHS * KINDS; k++)
+            live += lanes[i].pinned[k] != NULL;
         for (unsigned k = 0; k < KEEP; k++)
             live += lanes[i].keep[k] != NULL;
+    }
     printf("cache-sample done: %lu operations in each of %u threads, %u blocks live\n", operations,
            workers + 2, live);
     return 0;

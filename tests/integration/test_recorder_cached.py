@@ -12,7 +12,7 @@ import pytest
 from membt_host.protocol import Dump, Stack
 
 CACHING = ["x86_64", "x86_64-asan"]      # builds whose recorder has the cache
-REFUSING = ["armhf", "musl"]             # no libgcc unwinder it can sit in front of (ARM EHABI; musl-gcc)
+REFUSING = ["armhf", "musl"]             # the cache is x86_64/aarch64 only; musl-gcc builds lack libgcc unwind
 DEPTHS = ["16", "6"]                     # whole stacks, and stacks cut at MEMBT_DEPTH (the cache's other end)
 OPERATIONS, WORKERS = "20000", "2"       # per thread; the main thread and a late worker also run
 # cache-sample's own stacks: 3 thread entries x 16 paths through its chain x 4 allocation calls

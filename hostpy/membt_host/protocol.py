@@ -403,7 +403,7 @@ class Parser:
         if numbers is None:
             if not _ADDRESSES.match(text):
                 raise _Corrupt("bad address")
-            numbers = tuple(int(a, 16) for a in text.split())
+            numbers = tuple([int(a, 16) for a in text.split()])
             self._known_address_bytes += len(text)
             if self._known_address_bytes > KNOWN_ADDRESS_BYTES:
                 self._known_addresses.clear()

@@ -17,7 +17,7 @@ MAX_LINE = 4096  # a record longer than this is corrupt (protocol.md, "Lines")
 MAX_DUMP_LINES = 100_000  # a dump that never ends must not hold memory forever
 NOISE_KEEP = 200  # console lines kept for context
 NOISE_CHARS = 512  # of a console line that is too long, this much is kept
-KNOWN_ADDRESS_BYTES = 1 << 20  # S record address text remembered with its numbers (a few MB in all)
+KNOWN_ADDRESS_BYTES = 1 << 20  # S address text kept with its numbers across dumps (a few MB in all)
 
 _HEX = re.compile(rb"[0-9a-f]+\Z")
 _HEX_DIGITS = b"0123456789abcdef"
@@ -27,9 +27,9 @@ _TEXT = re.compile(_TEXT_FIELD + rb"\Z")
 _ESCAPE = re.compile(rb"%([0-9A-F]{2})")
 
 # A version-1 record line checked in one match (most lines are S and G: one regex call instead
-# of one per field). A line it refuses is corrupt or of another version; a G record whose fields
-# break its branch falls to the generic branch and is refused there. The S branch takes any
-# address text: Parser._addresses checks it (once per distinct text, as dumps repeat their stacks).
+# of one per field). A line it refuses is corrupt or of another version. An S or G record that does
+# not fit its own branch falls to the generic one and is refused there (_payload). The S branch
+# takes any address text: Parser._addresses checks it, once per distinct text.
 _RECORD = re.compile(
     rb"@MBT 1 ([0-9]+) ([0-9]+) (?:"
     rb"S ([0-9]+) (-|[a-z]+) (.+)"  # stack_id flags addresses
@@ -155,9 +155,15 @@ def stack_fields(stack: Stack) -> list[str]:
 
 def group_fields(group: Group) -> list[str]:
     """The fields of group's G record, for encode_record."""
-    g = group
-    numbers = [g.stack_id, g.live_blocks, g.live_bytes, g.old_blocks, g.old_bytes, g.oldest_age_ms]
-    return [*map(str, numbers), escape_text(g.thread)]
+    return [
+        str(group.stack_id),
+        str(group.live_blocks),
+        str(group.live_bytes),
+        str(group.old_blocks),
+        str(group.old_bytes),
+        str(group.oldest_age_ms),
+        escape_text(group.thread),
+    ]
 
 
 def _dec(raw: bytes) -> int:
@@ -248,7 +254,7 @@ class Parser:
         self._next_seq = 0
         self._counts = {"lines": 0, "modules": 0, "stacks": 0, "groups": 0}
         self._corrupt_at_open = 0
-        # every dump repeats the stacks of the previous one: their addresses are converted once
+        # dumps are self-contained, so each lists its stacks again: address text -> numbers, kept
         self._known_addresses: dict[bytes, tuple[int, ...]] = {}
         self._known_address_bytes = 0
 

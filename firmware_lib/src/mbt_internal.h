@@ -220,12 +220,14 @@ void mbt_unwind_init(void);  /* the recorder's own code range (fallback), unwind
 unsigned mbt_unwind_capture(uintptr_t *out, unsigned depth, const struct mbt_site *site, int *truncated);
 
 /* What the capture cache learns from one libgcc capture: where, as offsets from the site's CFA,
- * the stack holds each return address after the first, and how the capture ended. */
+ * the stack holds each return address after the first, how the capture ended, and where the
+ * frame pointers were saved that placed frames living on their frame pointer (unwind.c). */
 enum { MBT_END_NONE = 0, MBT_END_ZERO = 1, MBT_END_MORE = 2 }; /* the terminal slot: -, == 0, != 0 */
+#define MBT_LEARN_SLOTS (2 * MEMBT_MAX_DEPTH + 1)
 struct mbt_learned {
-    uint32_t off[MEMBT_MAX_DEPTH]; /* slot of frame k+1 */
-    unsigned nslots;               /* frames - 1, plus one for a terminal slot */
-    unsigned end;                  /* MBT_END_*: what the last slot must hold */
+    int32_t off[MBT_LEARN_SLOTS]; /* slots of frames 1.., the terminal slot, then frame pointers */
+    unsigned nslots;              /* all of them: frames - 1 (+ 1 terminal) + pinned frame pointers */
+    unsigned end;                 /* MBT_END_*: what the terminal slot (index frames - 1) must hold */
 };
 /* A capture like mbt_unwind_capture through libgcc; *learned gets the slots when the capture is
  * one the cache may keep (return 0 from learn_ok otherwise). */

@@ -18,11 +18,12 @@
  * give the cached stack - about 2^-62 per allocation (4 entries a bucket), so less than one
  * wrong stack in 10^18 allocations.
  *
- * Where that chain could break: a frame whose size is not fixed by its code (alloca, VLAs) - its
- * callers' slots move, the old slots no longer hold the old addresses, and the lookup misses.
- * It could only hit wrongly if two such frames changed size by opposite amounts (the key CFA
- * stays the same) *and* every stale slot above still held the return address of the cached
- * stack (firmware_lib/examples/cache_sample.c does both and counts no mismatch). Captures through a signal frame, or that did not reach the program's caller, are never
+ * Where that chain breaks: a frame whose size is not fixed by its code (alloca, VLAs). Two such
+ * frames changing size by opposite amounts keep the key CFA, and the stale slots above often
+ * still hold the old return addresses (cache-sample did: 0.4% of hits wrong). Such a frame lives
+ * on its frame pointer, so the learner also pins every slot the frame pointer was saved in
+ * (unwind.c, mbt_pin_fp): a hit then needs the frames where they were. Programs built with
+ * -fno-omit-frame-pointer pin every frame. Captures through a signal frame, or that did not reach the program's caller, are never
  * cached. MEMBT_UNWIND_VERIFY=1 captures afresh on every hit and counts differences (C record:
  * unwind_mismatches).
  *
@@ -47,6 +48,8 @@
 #define MBT_BUCKET 4          /* entries per bucket: 64 bytes, one cache line */
 #define MBT_LAYOUTS (MBT_LAYOUT_SETS * MBT_WAYS) /* < 256: an entry names its layout in a byte */
 #define MBT_ENTRY_BUCKETS 1024 /* 4096 entries, 64 KiB */
+/* slots a layout may need: frames 2..depth, one more (terminal), a frame pointer per frame */
+#define MBT_LAYOUT_SLOTS(depth) (2u * (depth) + 1u)
 
 struct mbt_thread {
     uint32_t owner; /* 0 free, 1 taken */
@@ -58,7 +61,7 @@ struct mbt_layout {
     uintptr_t caller, cfa; /* the key; caller 0: empty */
     uint16_t version;      /* entries of an older version belong to an evicted layout */
     uint8_t nframes, truncated, end, nslots;
-    uint32_t off[]; /* nslots offsets from cfa; room for depth */
+    int32_t off[]; /* nslots offsets from cfa; room for MBT_LAYOUT_SLOTS(depth) */
 };
 
 /* 16 bytes: a hit reads one bucket line and nothing else (not the stack's frames). */
@@ -75,6 +78,7 @@ _Static_assert(MBT_LAYOUTS <= 256, "an entry names its layout in one byte");
 static char *mbt_records;
 static unsigned mbt_nrecords;
 static size_t mbt_record_size, mbt_layout_size, mbt_layouts_at, mbt_entries_at;
+static unsigned mbt_layout_slots;
 static unsigned mbt_gen = 1; /* a new set of records at every start */
 static int mbt_caching;      /* MEMBT_UNWIND=cached */
 static pthread_key_t mbt_key;
@@ -98,7 +102,7 @@ static size_t mbt_round64(size_t n) { return (n + 63) & ~(size_t)63; }
 /* Sizes for budget.c, before setup: one record (with its cache) at this depth. */
 size_t mbt_threads_record_size(unsigned depth)
 {
-    size_t layout = (sizeof(struct mbt_layout) + depth * sizeof(uint32_t) + 7) & ~(size_t)7;
+    size_t layout = (sizeof(struct mbt_layout) + MBT_LAYOUT_SLOTS(depth) * sizeof(int32_t) + 7) & ~(size_t)7;
     return mbt_round64(sizeof(struct mbt_thread)) + mbt_round64(MBT_LAYOUT_SETS * MBT_WAYS * layout) +
            mbt_round64(MBT_ENTRY_BUCKETS * MBT_BUCKET * sizeof(struct mbt_entry));
 }
@@ -109,7 +113,8 @@ static void mbt_thread_exit(void *arg);
 
 void mbt_threads_setup(const struct mbt_regions *r, unsigned depth)
 {
-    mbt_layout_size = (sizeof(struct mbt_layout) + depth * sizeof(uint32_t) + 7) & ~(size_t)7;
+    mbt_layout_slots = MBT_LAYOUT_SLOTS(depth);
+    mbt_layout_size = (sizeof(struct mbt_layout) + mbt_layout_slots * sizeof(int32_t) + 7) & ~(size_t)7;
     mbt_layouts_at = mbt_round64(sizeof(struct mbt_thread));
     mbt_entries_at = mbt_layouts_at + mbt_round64(MBT_LAYOUT_SETS * MBT_WAYS * mbt_layout_size);
     mbt_record_size = r->thread_bytes;
@@ -201,7 +206,7 @@ static inline uint64_t mbt_mum(uint64_t x, uint64_t y)
 #define MBT_PRINT_STEP 0x9e3779b97f4a7c15ull
 __attribute__((no_sanitize_address)) static inline uint64_t mbt_slots_print(const struct mbt_layout *l, uint64_t seed)
 {
-    const uint32_t *off = l->off;
+    const int32_t *off = l->off;
     uintptr_t base = l->cfa;
     unsigned n = l->nslots, k = 0;
     uint64_t h = seed ^ n, key = 0xa0761d6478bd642full, g = 0;
@@ -259,6 +264,8 @@ static int mbt_layout_same(const struct mbt_layout *l, uintptr_t caller, uintptr
 static void mbt_cache_add(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa, const uintptr_t *frames,
                           unsigned nframes, int truncated, const struct mbt_learned *m, uint32_t id)
 {
+    if (m->nslots > mbt_layout_slots)
+        return; /* more pinned slots than a layout has room for: not cached */
     unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS, way = MBT_WAYS;
     for (unsigned w = 0; w < MBT_WAYS && way == MBT_WAYS; w++)
         if (mbt_layout_same(mbt_layout_at(t, set + w), caller, cfa, nframes, truncated, m))
@@ -284,8 +291,8 @@ static void mbt_cache_add(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa,
     for (unsigned k = 1; k < nframes; k++)
         if (mbt_slot_word(l, k - 1) != frames[k])
             return;
-    if ((l->end == MBT_END_ZERO && mbt_slot_word(l, l->nslots - 1) != 0) ||
-        (l->end == MBT_END_MORE && mbt_slot_word(l, l->nslots - 1) == 0))
+    if ((l->end == MBT_END_ZERO && mbt_slot_word(l, nframes - 1u) != 0) ||
+        (l->end == MBT_END_MORE && mbt_slot_word(l, nframes - 1u) == 0))
         return;
     uint64_t h = mbt_slots_print(l, set + way);
     /* an empty entry, else one of an evicted layout version, else the least recently used */

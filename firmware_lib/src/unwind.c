@@ -29,6 +29,11 @@
 /* The cache needs the CFA of every frame and return addresses saved in the frame below it. */
 #if defined(MBT_HAVE_LIBGCC_UNWIND) && (defined(__x86_64__) || defined(__aarch64__))
 #define MBT_HAVE_CACHE 1
+#if defined(__x86_64__)
+#define MBT_FP_REG 6 /* DWARF number of rbp */
+#else
+#define MBT_FP_REG 29 /* x29 */
+#endif
 #endif
 
 #if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
@@ -185,6 +190,7 @@ enum mbt_uw_stop { MBT_STOP_END, MBT_STOP_ZERO, MBT_STOP_MAX, MBT_STOP_REPEAT };
 struct mbt_uw_walk {
     uintptr_t *out;
     uintptr_t *cfas; /* the CFA of each frame (the cache learns from them), or NULL */
+    uintptr_t *fps;  /* with cfas: the frame-pointer register in each frame */
     unsigned n, max;
     uintptr_t last_cfa;
     enum mbt_uw_stop stop;
@@ -220,6 +226,10 @@ static _Unwind_Reason_Code mbt_uw_step(struct _Unwind_Context *ctx, void *arg)
     }
     if (w->cfas)
         w->cfas[w->n] = cfa;
+#ifdef MBT_FP_REG
+    if (w->fps)
+        w->fps[w->n] = (uintptr_t)_Unwind_GetGR(ctx, MBT_FP_REG);
+#endif
     w->out[w->n++] = ip;
     w->last_cfa = cfa;
     return _URC_NO_REASON;
@@ -307,7 +317,7 @@ __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned d
     case MBT_UW_CACHED:
 #ifdef MBT_HAVE_LIBGCC_UNWIND
     {
-        struct mbt_uw_walk w = {raw, NULL, 0, want, 0, MBT_STOP_END, 0, 0};
+        struct mbt_uw_walk w = {raw, NULL, NULL, 0, want, 0, MBT_STOP_END, 0, 0};
         n = mbt_uw_walk(&w);
     }
 #endif
@@ -342,45 +352,89 @@ __attribute__((no_sanitize_address)) static uintptr_t mbt_ra_slot(uintptr_t lo, 
 #endif
 }
 
+/* A slot as an offset from the site's CFA (once): 0 when it is too far for one, or too many. */
+static int mbt_add_slot(struct mbt_learned *l, uintptr_t slot, uintptr_t base)
+{
+    intptr_t off = (intptr_t)(slot - base);
+    if (!slot || off < INT32_MIN || off > INT32_MAX)
+        return 0;
+    for (unsigned i = 0; i < l->nslots; i++)
+        if (l->off[i] == (int32_t)off)
+            return 1;
+    if (l->nslots >= MBT_LEARN_SLOTS)
+        return 0;
+    l->off[l->nslots++] = (int32_t)off;
+    return 1;
+}
+
+/* Frame k (between CFAs lo and hi; hi is its own CFA) holds its frame-pointer register fp. When
+ * fp points into the frame, the frame may live on it (alloca, VLAs, every frame built with
+ * -fno-omit-frame-pointer): then its size is not fixed by its code, and where its caller's
+ * frame lies depends on fp. The unwinder took fp from a slot saved by a frame inside it, or by
+ * the hook's prologue (site->frame): every slot of [site->frame, lo) that holds fp is pinned, so
+ * a hit needs the same fp there (a frame that does not touch its frame pointer passes it on: the
+ * value is saved again further in). 1 when nothing needs pinning or it is pinned. */
+__attribute__((no_sanitize_address)) static int mbt_pin_fp(struct mbt_learned *l, uintptr_t lo, uintptr_t hi,
+                                                           uintptr_t fp, const struct mbt_site *site, uintptr_t base)
+{
+    if (fp < lo || fp >= hi || (fp & (sizeof(uintptr_t) - 1)))
+        return 1; /* not a pointer into its own frame: the CFA rule is the stack pointer's */
+    uintptr_t from = (uintptr_t)site->frame & ~(uintptr_t)(sizeof(uintptr_t) - 1);
+    int found = 0;
+    for (uintptr_t a = from; a + sizeof(uintptr_t) <= lo; a += sizeof(uintptr_t)) {
+        if (*(const uintptr_t *)a != fp)
+            continue;
+        if (!mbt_add_slot(l, a, base))
+            return 0;
+        found = 1;
+    }
+    return found;
+}
+
 /* The slots of frames 1.. of a capture whose frame `skip` is the site's caller, and what ends
- * it. The cache relies on a frame's size being a function of its return address (true unless
- * it allocates on the stack dynamically: see threads.c); what this can check, it does. */
+ * it. The cache relies on a frame's size being a function of its return address, unless the
+ * frame lives on its frame pointer: those are pinned (mbt_pin_fp). What this can check, it does. */
 __attribute__((no_sanitize_address)) static int mbt_learn(const struct mbt_uw_walk *w, unsigned skip, unsigned depth,
                                                           const struct mbt_site *site, struct mbt_learned *l)
 {
-    const uintptr_t *ip = w->out, *cfa = w->cfas, base = (uintptr_t)site->cfa;
+    const uintptr_t *ip = w->out, *cfa = w->cfas, *fp = w->fps, base = (uintptr_t)site->cfa;
     unsigned avail = w->n - skip, nframes = avail > depth ? depth : avail, more = avail > depth;
     if (w->signal_frame || cfa[skip] != base)
         return 0;
     l->nslots = 0;
-    for (unsigned k = 1; k < nframes + more; k++) {
-        uintptr_t slot = mbt_ra_slot(cfa[skip + k - 1], cfa[skip + k], ip[skip + k]);
-        if (!slot || slot - base > UINT32_MAX)
+    /* cfa[skip + k] is the CFA of the frame frame k called: frame k spans cfa[skip + k] ..
+     * cfa[skip + k + 1], and frame k + 1's return address is saved there */
+    for (unsigned k = 1; k < nframes + more; k++)
+        if (!mbt_add_slot(l, mbt_ra_slot(cfa[skip + k - 1], cfa[skip + k], ip[skip + k]), base))
             return 0;
-        l->off[l->nslots++] = (uint32_t)(slot - base);
-    }
     if (more) {
         l->end = MBT_END_MORE;
-        return 1;
-    }
-    if (w->stop == MBT_STOP_END) { /* the last frame had no unwind info: a property of its code */
+    } else if (w->stop == MBT_STOP_END) { /* the last frame had no unwind info: a property of its code */
         l->end = MBT_END_NONE;
-        return 1;
-    }
-    if (w->stop != MBT_STOP_ZERO)
+    } else if (w->stop != MBT_STOP_ZERO) {
         return 0;
+    } else {
+        l->end = MBT_END_NONE; /* aarch64: the entry points mark x30 undefined */
 #if defined(__x86_64__)
-    /* Return address 0: read from the stack, or "undefined" in the CFI (thread and process
-     * entry). Read as 0 from the slot, that slot must stay 0; else the CFI ended it. */
-    uintptr_t last = cfa[skip + nframes - 1], zslot = w->stop_cfa - sizeof(uintptr_t);
-    if (w->stop_cfa > last && zslot >= last && !(zslot & (sizeof(uintptr_t) - 1)) &&
-        *(const uintptr_t *)zslot == 0 && zslot - base <= UINT32_MAX) {
-        l->off[l->nslots++] = (uint32_t)(zslot - base);
-        l->end = MBT_END_ZERO;
-        return 1;
-    }
+        /* Return address 0: read from the stack, or "undefined" in the CFI (thread and process
+         * entry). Read as 0 from the slot, that slot must stay 0; else the CFI ended it. */
+        uintptr_t last = cfa[skip + nframes - 1], zslot = w->stop_cfa - sizeof(uintptr_t);
+        if (w->stop_cfa > last && zslot >= last && !(zslot & (sizeof(uintptr_t) - 1)) &&
+            *(const uintptr_t *)zslot == 0) {
+            if (!mbt_add_slot(l, zslot, base))
+                return 0;
+            l->end = MBT_END_ZERO;
+        }
 #endif
-    l->end = MBT_END_NONE; /* aarch64: the entry points mark x30 undefined */
+    }
+    /* the frames whose own CFA placed a slot: 0 .. nframes + more - 2, and the last one when
+     * the terminal slot lies in it */
+    unsigned placed = nframes + more - 1 + (l->end == MBT_END_ZERO);
+    for (unsigned k = 0; k < placed; k++) {
+        uintptr_t hi = skip + k + 1 < w->n ? cfa[skip + k + 1] : w->stop_cfa;
+        if (!mbt_pin_fp(l, cfa[skip + k], hi, fp[skip + k], site, base))
+            return 0;
+    }
     return 1;
 }
 #endif
@@ -390,10 +444,10 @@ __attribute__((noinline)) unsigned mbt_unwind_capture_learn(uintptr_t *out, unsi
                                                             struct mbt_learned *learned, int *learn_ok)
 {
 #ifdef MBT_HAVE_CACHE
-    uintptr_t raw[MBT_CAPTURE_MAX], cfas[MBT_CAPTURE_MAX];
+    uintptr_t raw[MBT_CAPTURE_MAX], cfas[MBT_CAPTURE_MAX], fps[MBT_CAPTURE_MAX];
     unsigned want = mbt_want(depth), skip;
     int found;
-    struct mbt_uw_walk w = {raw, cfas, 0, want, 0, MBT_STOP_END, 0, 0};
+    struct mbt_uw_walk w = {raw, cfas, fps, 0, want, 0, MBT_STOP_END, 0, 0};
     unsigned n = mbt_uw_walk(&w);
     unsigned avail = mbt_cut_own(raw, n, want, depth, site, out, truncated, &skip, &found);
     *learn_ok = found && avail && mbt_learn(&w, skip, depth, site, learned);

@@ -32,7 +32,7 @@ TOOL_PACKAGES = {
     "arm-linux-gnueabihf-gcc": "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross",
 }
 
-BACKENDS = ["", "fp", "unwind", "glibc"]  # "" = the recorder's default (MEMBT_UNWIND unset)
+BACKENDS = ["", "fp", "unwind", "glibc", "cached"]  # "" = the recorder's default (MEMBT_UNWIND unset)
 VALGRIND_DIVISOR = 4
 QEMU_DIVISOR = 20
 CHAIN_FRAMES = 14  # alloc_leaf + 12 chain levels + allocate_via_chain, all in the workload itself

@@ -370,18 +370,24 @@ static int mbt_add_slot(struct mbt_learned *l, uintptr_t slot, uintptr_t base)
 /* Frame k (between CFAs lo and hi; hi is its own CFA) holds its frame-pointer register fp. When
  * fp points into the frame, the frame may live on it (alloca, VLAs, every frame built with
  * -fno-omit-frame-pointer): then its size is not fixed by its code, and where its caller's
- * frame lies depends on fp. The unwinder took fp from a slot saved by a frame inside it, or by
- * the hook's prologue (site->frame): every slot of [site->frame, lo) that holds fp is pinned, so
- * a hit needs the same fp there (a frame that does not touch its frame pointer passes it on: the
- * value is saved again further in). 1 when nothing needs pinning or it is pinned. */
+ * frame lies depends on fp. The unwinder took fp from a slot saved by a frame inside it, or from
+ * where the hook's prologue saved the program's frame pointer (site->frame, on x86_64 and
+ * aarch64 alike); the rest of the hook's frame is ours. Every such slot that holds fp is pinned,
+ * so a hit needs the same fp there (a frame that does not touch its frame pointer passes it on:
+ * the value is saved again further in). 1 when nothing needs pinning or it is pinned. */
 __attribute__((no_sanitize_address)) static int mbt_pin_fp(struct mbt_learned *l, uintptr_t lo, uintptr_t hi,
                                                            uintptr_t fp, const struct mbt_site *site, uintptr_t base)
 {
     if (fp < lo || fp >= hi || (fp & (sizeof(uintptr_t) - 1)))
         return 1; /* not a pointer into its own frame: the CFA rule is the stack pointer's */
-    uintptr_t from = (uintptr_t)site->frame & ~(uintptr_t)(sizeof(uintptr_t) - 1);
+    uintptr_t saved = (uintptr_t)site->frame;
     int found = 0;
-    for (uintptr_t a = from; a + sizeof(uintptr_t) <= lo; a += sizeof(uintptr_t)) {
+    if (!(saved & (sizeof(uintptr_t) - 1)) && saved < base && *(const uintptr_t *)saved == fp) {
+        if (!mbt_add_slot(l, saved, base))
+            return 0;
+        found = 1;
+    }
+    for (uintptr_t a = base; a + sizeof(uintptr_t) <= lo; a += sizeof(uintptr_t)) {
         if (*(const uintptr_t *)a != fp)
             continue;
         if (!mbt_add_slot(l, a, base))

@@ -20,7 +20,17 @@ if (
 ):  # the package may not be installed when only the tests are run
     sys.path.insert(0, str(HOSTPY))
 
-from membt_host.protocol import Dump, Group, Module, Stack, encode_record, escape_text
+from membt_host.protocol import (
+    Dump,
+    Group,
+    Module,
+    Stack,
+    encode_record,
+    escape_text,
+    group_fields,
+    module_fields,
+    stack_fields,
+)
 from membt_host.symbolize import Frame, Symbolizer, read_elf
 
 LEAF_C = r"""
@@ -462,21 +472,9 @@ def test_cli_replay_reports_symbolized_frames(board: Board, tmp_path: Path) -> N
         )
     )
     for m in dump.modules.values():
-        fields = [
-            str(m.id),
-            f"{m.load_bias:x}",
-            f"{m.lo:x}",
-            f"{m.hi:x}",
-            m.build_id or "-",
-            escape_text(m.path),
-        ]
-        lines.append(encode_record(1, len(lines), "M", fields))
-    lines.append(
-        encode_record(1, len(lines), "S", ["7", "-", *(f"{a:x}" for a in board.addrs)])
-    )
-    lines.append(
-        encode_record(1, len(lines), "G", ["7", "3", "96", "3", "96", "5000", "main"])
-    )
+        lines.append(encode_record(1, len(lines), "M", module_fields(m)))
+    lines.append(encode_record(1, len(lines), "S", stack_fields(Stack(7, False, board.addrs))))
+    lines.append(encode_record(1, len(lines), "G", group_fields(Group(7, 3, 96, 3, 96, 5000, "main"))))
     counts = [
         f"lines={len(lines) + 1}",
         f"modules={len(dump.modules)}",

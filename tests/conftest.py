@@ -29,6 +29,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "x86_64": ("native", []),
     "x86_64-asan": ("native", ["asan=1"]),
     "armhf": ("arm-linux-gnueabihf", ["arm=1"]),
+    "aarch64": ("aarch64-linux-gnu", ["CROSS=aarch64-linux-gnu-"]),
     "musl": ("musl", ["musl=1"]),
 }
 SCONS_TIMEOUT_S = 900
@@ -55,7 +56,7 @@ class Run:
 class Target:
     """One build directory and how to run its programs on this machine."""
 
-    name: str                  # x86_64, x86_64-asan, armhf
+    name: str                  # a key of TARGETS: x86_64, x86_64-asan, armhf, aarch64, musl
     build: Path
     toolchain: dict[str, Any]
 
@@ -202,13 +203,19 @@ def build_armhf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def build_aarch64() -> Path:
+    return built("aarch64").build
+
+
+@pytest.fixture(scope="session")
 def x86_64_target(build_x86_64: Path) -> Target:
     return built("x86_64")
 
 
-@pytest.fixture(scope="session", params=["x86_64", "x86_64-asan", "armhf", "musl"])
+@pytest.fixture(scope="session", params=["x86_64", "x86_64-asan", "armhf", "aarch64", "musl"])
 def any_target(request: pytest.FixtureRequest) -> Target:
-    """Every build the tests run: native, native with ASan, armhf under qemu-arm, native on musl libc."""
+    """Every build the tests run: native, native with ASan, armhf under qemu-arm, aarch64 under
+    qemu-aarch64, native on musl libc."""
     return built(request.param)
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # THE test command (README, .ci/run): installs what the tests need on Debian 12 (apt and pip packages),
-# builds the recorder for x86_64, x86_64 with ASan and armhf, then runs the whole pytest suite.
+# builds the recorder for x86_64, x86_64 with ASan, armhf and aarch64, then runs the whole pytest suite.
 # Extra arguments go to pytest, e.g. tests/run-all.sh -k demo -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc g++ make pkg-config gcc-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
+              gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
               musl-tools qemu-user openssh-server openssh-client socat chromium)
 PIP_PACKAGES=(scons pyserial pyelftools cffi pytest hypothesis)
 
@@ -30,7 +31,7 @@ if [ -f hostpy/pyproject.toml ]; then
     python3 -m pip install -q -e hostpy
 fi
 
-for variables in "" "asan=1" "arm=1"; do
+for variables in "" "asan=1" "arm=1" "CROSS=aarch64-linux-gnu-"; do
     echo "run-all: scons -Q -j2 $variables"
     # shellcheck disable=SC2086  # the variables are words on purpose
     python3 -m SCons -Q -j2 $variables

@@ -1,6 +1,6 @@
 """Fixtures for the membt-host end-to-end tests: the real recorder, the real host tool, real transports.
 
-Build fixtures (the x86_64 and armhf build directories) come from tests/conftest.py; everything
+Build fixtures (the x86_64, armhf and aarch64 build directories) come from tests/conftest.py; everything
 that runs a tool checks first that the tool is installed and skips with the reason otherwise.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.runs import Target, armhf_target, native_target
+from support.runs import Target, aarch64_target, armhf_target, native_target
 from support.session import SerialRun, serial_session
 from support.sshd import SSHD, SshServer, running_sshd
 
@@ -33,6 +33,13 @@ def armhf(build_armhf: Path) -> Target:
     require_tool("qemu-arm", "to run the armhf build (Debian package qemu-user)")
     require_tool("arm-linux-gnueabihf-addr2line", "to symbolize armhf code (binutils-arm-linux-gnueabihf)")
     return armhf_target(build_armhf)
+
+
+@pytest.fixture(scope="session")
+def aarch64(build_aarch64: Path) -> Target:
+    require_tool("qemu-aarch64", "to run the aarch64 build (Debian package qemu-user)")
+    require_tool("aarch64-linux-gnu-addr2line", "to symbolize aarch64 code (binutils-aarch64-linux-gnu)")
+    return aarch64_target(build_aarch64)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Start the real parts: the LD_PRELOADed leaky-server (natively or under qemu-arm) and membt-host."""
+"""Start the real parts: the LD_PRELOADed leaky-server (natively, under qemu-arm or qemu-aarch64) and membt-host."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from .processes import finish, stop
 
 QEMU_ARM = "qemu-arm"
 ARMHF_SYSROOT = Path("/usr/arm-linux-gnueabihf")
+QEMU_AARCH64 = "qemu-aarch64"
+AARCH64_SYSROOT = Path("/usr/aarch64-linux-gnu")
 
 # Short ages and intervals so that a few seconds of leaky-server give enough dumps to tell a
 # growing leak from a cache that filled up and stayed flat.
@@ -26,9 +28,9 @@ INTERVAL_S = "0.5"
 class Target:
     """One build directory of the recorder and how to run its programs on this machine."""
 
-    name: str                 # "x86_64" or "armhf"
+    name: str                 # "x86_64", "armhf" or "aarch64"
     build: Path               # build/<name>/ with lib/libmembt.so and bin/leaky-server
-    runner: list[str]         # [] natively, the qemu-arm command line for armhf
+    runner: list[str]         # [] natively, the qemu-user command line for armhf and aarch64
     symbols: list[str]        # membt-host options that find the unstripped program and libraries
     slowdown: float           # how much longer everything takes there (qemu emulates)
 
@@ -53,17 +55,24 @@ def native_target(build: Path) -> Target:
     return Target("x86_64", build, [], ["--sysroot", "/"], 1.0)
 
 
+def emulated_target(name: str, build: Path, qemu: str, sysroot: Path) -> Target:
+    """qemu-user with the Debian cross libraries as the board's root: the program and libmembt are
+    found by build-id in the build directory, libc by its path under the sysroot."""
+    return Target(name, build, [qemu, "-L", str(sysroot)], ["--sysroot", str(sysroot), "--symbols", str(build)], 4.0)
+
+
 def armhf_target(build: Path) -> Target:
-    """qemu-arm with the Debian armhf cross libraries as the board's root: the program and libmembt
-    are found by build-id in the build directory, libc by its path under the sysroot."""
-    return Target("armhf", build, [QEMU_ARM, "-L", str(ARMHF_SYSROOT)],
-                  ["--sysroot", str(ARMHF_SYSROOT), "--symbols", str(build)], 4.0)
+    return emulated_target("armhf", build, QEMU_ARM, ARMHF_SYSROOT)
+
+
+def aarch64_target(build: Path) -> Target:
+    return emulated_target("aarch64", build, QEMU_AARCH64, AARCH64_SYSROOT)
 
 
 def start_leaky_server(target: Target, seconds: float, output: str, log: Path,
                        pass_fds: tuple[int, ...] = (), **extra_env: str) -> subprocess.Popen:
     """Run leaky-server for `seconds` with the recorder preloaded, writing its dumps to `output`.
-    Under qemu-arm the recorder's environment goes to the guest with -E, not to qemu itself."""
+    Under qemu-user the recorder's environment goes to the guest with -E, not to qemu itself."""
     recorder_env = target.recorder_env(output, **extra_env)
     argv = [str(target.leaky_server), f"{seconds:g}"]
     env = dict(os.environ)

@@ -15,7 +15,7 @@ LIVE_DUMPS = 12
 # How long leaky-server keeps running: far more than LIVE_DUMPS intervals; it is stopped as soon as
 # membt-host is done, so this only bounds a run whose host never finishes.
 SERVER_SECONDS = 60
-HOST_TIMEOUT_S = 90          # natively; multiplied by Target.slowdown under qemu-arm
+HOST_TIMEOUT_S = 90          # natively; multiplied by Target.slowdown under qemu-user
 
 
 @dataclass(frozen=True)

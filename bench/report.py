@@ -361,6 +361,7 @@ def render(results: dict) -> str:
         "",
         (
             f"`--ops 0 --live N`, 1 thread, with membt at the stated `MEMBT_BUDGET={s.get('memory_budget', '?')}` "
+            f"(64-bit; `{s.get('memory_budget_32', s.get('memory_budget', '?'))}` for 32-bit) "
             "and at the default (unset). Stored B/block = (budget_used at N − budget_used at 1,000 blocks) / "
             "(blocks difference). membt's RSS with 1,000 blocks = RSS with membt − RSS uninstrumented, both "
             "holding 1,000 blocks: the recorder's fixed cost (library, reporter thread, interned stacks, tables "

@@ -68,18 +68,17 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--memory-budget",
-        default="40M",
-        help="MEMBT_BUDGET stated for the bytes-per-block runs, which also run at the 64 MiB default (default 40M: "
-        "the smallest round budget that holds 1,000,000 blocks of the workload with none dropped on x86_64 and on "
-        "armhf; 38M dropped 111 on x86_64, 36M 69,444). Resident memory per block follows the budget, because "
-        "the block table's shards reach their final size and touch all their pages: state the budget that "
-        "holds --memory-live blocks, not more",
+        default="38M",
+        help="MEMBT_BUDGET stated for the 64-bit bytes-per-block runs, which also run at the 64 MiB default "
+        "(default 38M: holds 1,000,000 blocks of the workload with none dropped and ~10%% to spare; 36M dropped "
+        "113). Resident memory per block follows the budget, because the block table's shards reach their final "
+        "size and touch all their pages: state the budget that holds --memory-live blocks, not more",
     )
     p.add_argument(
         "--memory-budget-32",
-        default="24M",
-        help="the same for the 32-bit build (armhf): its 16-byte slots need less; 24M holds 1,000,000 blocks with "
-        "none dropped, 20M dropped 128,388 (default 24M)",
+        default="22M",
+        help="the same for the 32-bit build (armhf): its 16-byte slots need less; 22M holds 1,000,000 blocks with "
+        "none dropped and ~5%% to spare, 20M dropped 46,660 (default 22M)",
     )
     p.add_argument("--no-install", action="store_true", help="never apt-get install missing tools")
     p.add_argument("--no-scons", action="store_true", help="use build/*/lib/libmembt.so as it is")

@@ -23,9 +23,9 @@
  *   frames     = stack_cap * d frames, at most B/4 bytes                  64 MiB -> 8 MiB
  *   per stack  = record + scan slot + 2 index slots (68 B on 64-bit)
  *   regions    = address-region directory, <= B/128                       64 MiB -> 512 KiB
- *   threads    = per-thread records and capture caches (75 KiB each), as many as fit in B/16, <= 64
- *   blocks     = the rest, 24 B slots (16 B on 32-bit) filled to 4/5:     64 MiB -> ~1.6 million live blocks
- *                (30 B per live block on 64-bit, 20 B on 32-bit)
+ *   threads    = per-thread records and capture caches (84 KiB each), as many as fit in B/16, <= 64
+ *   blocks     = the rest, 24 B slots (16 B on 32-bit) filled to 7/8:     64 MiB -> ~1.8 million live blocks
+ *                (27.4 B per live block on 64-bit, 18.3 B on 32-bit, once the table is full size)
  */
 #ifndef MEMBT_H
 #define MEMBT_H

@@ -15,7 +15,7 @@
  * touches a few hundred KiB that stay in cache instead of a table spread over the whole budget.
  * Growing copies the shard's entries to one scratch area of C/2 slots shared by all shards (under
  * a lock that only growth takes) and re-inserts them: the block area holds 64 * C + C/2 slots. At
- * its final size a shard takes no more than 4/5 of C; beyond that an allocation is not tracked
+ * its final size a shard takes no more than 7/8 of C; beyond that an allocation is not tracked
  * and the caller counts it. Per-stack live counts are not kept here: the dump's scan adds them. */
 #include "mbt_internal.h"
 
@@ -61,9 +61,10 @@ static inline uint32_t mbt_slot_of(uint32_t slots, uint64_t h)
     return (uint32_t)(((h >> 26) & 0xffffffffu) * slots >> 32);
 }
 static inline uint32_t mbt_next(uint32_t slots, uint32_t i) { return i + 1 == slots ? 0 : i + 1; }
-static inline uint32_t mbt_full_limit(uint32_t slots) { return slots / 5 * 4 + slots % 5 * 4 / 5; }
+static inline uint32_t mbt_full_limit(uint32_t slots) { return slots - (slots + 7) / 8; }
 /* A third full: grow (measured: probe and shift loops that end at once cost 10+ ns less per
- * allocation than at a half). At the final size up to 4/5, the capacity the budget promises. */
+ * allocation than at a half). At the final size up to 7/8, the capacity the budget promises: the
+ * resident cost of a block is its slot / 0.875 there (probes grow long only near that end). */
 static inline uint32_t mbt_limit_of(uint32_t slots)
 {
     return slots >= mbt_shard_max ? mbt_full_limit(slots) : slots / 3;

@@ -8,12 +8,12 @@
  *   per stack   = one record + one scan slot (60 B on 64-bit, 48 B on 32-bit), stack_cap + 1
  *   regions     = directory of address regions -> shard, 8 B each, power of two <= B/128
  *                 (64 MiB -> 65536 slots, filled to 3/4)
- *   threads     = per-thread records with their capture caches (75 KiB each at depth 16), as many
+ *   threads     = per-thread records with their capture caches (84 KiB each at depth 16), as many
  *                 as fit in B/16, at most 64 (64 MiB -> 54); threads beyond them go uncached
  *   blocks      = the rest: slots of 24 B (16 B on 32-bit) in 64 shards that grow as needed, each
- *                 filled to at most 4/5, plus growth scratch of 1/128 of the slots, so block_cap is
- *                 ~4/5 of the slots and a live block costs 30 B (20 B on 32-bit)
- *   64 MiB on 64-bit: 65536 stacks, 1048576 frames, ~1.73 million live blocks.
+ *                 filled to at most 7/8, plus growth scratch of 1/128 of the slots, so block_cap is
+ *                 ~7/8 of the slots and a live block costs 27.4 B (18.3 B on 32-bit)
+ *   64 MiB on 64-bit: 65536 stacks, 1048576 frames, 1,792,000 live blocks.
  * budget_used counts the fixed part (index, scan slots) plus the records in use now: live block
  * entries, interned stacks and their frames, records of running threads. */
 #include "mbt_internal.h"

@@ -14,7 +14,8 @@ def test_html_report_renders_suspects_and_chart(native_serial: SerialRun, chromi
     page = native_serial.html
     assert page.exists(), native_serial.result.describe()
     source = page.read_text()
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", source), "the report loads something from the network"
+    remote = re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", source)
+    assert not remote, "the report loads something from the network"
 
     rendering = render(page, tmp_path)
     assert rendering.console == [], f"the page logged to the console: {rendering.console}"

@@ -1,11 +1,12 @@
 """membt-host --serial through real pseudo-terminals, watching the real recorder in leaky-server:
-natively, under qemu-arm, and across a serial line that is unplugged and plugged back in."""
+natively, under qemu-arm and qemu-aarch64, and across a serial line that is unplugged and plugged back in."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 from support.expect import (
     LEAK_FUNCTION,
     assert_leak_found,
@@ -15,7 +16,7 @@ from support.expect import (
 )
 from support.processes import has_open, stop, wait_for
 from support.ptys import SocatConsole
-from support.runs import ARMHF_SYSROOT, HostRun, Target, start_leaky_server
+from support.runs import AARCH64_SYSROOT, ARMHF_SYSROOT, HostRun, Target, start_leaky_server
 from support.session import (
     HOST_TIMEOUT_S,
     LIVE_DUMPS,
@@ -55,8 +56,9 @@ def test_serial_pty_loses_nothing_on_a_clean_line(native_serial: SerialRun) -> N
     assert_own_binaries_symbolized(report)
 
 
-def test_serial_pty_under_qemu_arm(armhf: Target, tmp_path: Path) -> None:
-    run = serial_session(armhf, tmp_path)
+@pytest.mark.parametrize(("board", "sysroot"), [("armhf", ARMHF_SYSROOT), ("aarch64", AARCH64_SYSROOT)])
+def test_serial_pty_under_qemu(board: str, sysroot: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    run = serial_session(request.getfixturevalue(board), tmp_path)
     report = run.result.report
     assert_leak_found(report)
     # The guest names its modules by the paths it sees; the program must still be found (by build-id
@@ -66,7 +68,7 @@ def test_serial_pty_under_qemu_arm(armhf: Target, tmp_path: Path) -> None:
     assert Path(frame["module"]).name == "leaky-server", describe(report)
     # The guest sees its libc as /lib/libc.so.6: the host must have looked for it under the sysroot.
     complaints = assert_own_binaries_symbolized(report)
-    assert any(str(ARMHF_SYSROOT / "lib" / "libc.so.6") in text for text in complaints), complaints
+    assert any(str(sysroot / "lib" / "libc.so.6") in text for text in complaints), complaints
 
 
 UNPLUGGED = re.compile(r"disconnect|unplug|lost|gone|vanish|no longer|closed", re.IGNORECASE)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from membt_host.protocol import Dump, Stack
 
-CACHING = ["x86_64", "x86_64-asan"]      # builds whose recorder has the cache
+CACHING = ["x86_64", "x86_64-asan", "aarch64"]  # builds whose recorder has the cache
 REFUSING = ["armhf", "musl"]             # the cache is x86_64/aarch64 only; musl-gcc builds lack libgcc unwind
 DEPTHS = ["16", "6"]                     # whole stacks, and stacks cut at MEMBT_DEPTH (the cache's other end)
 OPERATIONS, WORKERS = "20000", "2"       # per thread; the main thread and a late worker also run

@@ -1,6 +1,7 @@
-"""The symbolizer against real binaries: a PIE program and a shared library built here with gcc and
-arm-linux-gnueabihf-gcc, run (natively or under qemu-arm) to capture real return addresses, load
-biases and address ranges; then dumps carrying them are symbolized like the board's would be."""
+"""The symbolizer against real binaries: a PIE program and a shared library built here with gcc,
+arm-linux-gnueabihf-gcc and aarch64-linux-gnu-gcc, run (natively or under qemu-user) to capture real
+return addresses, load biases and address ranges; then dumps carrying them are symbolized like the
+board's would be."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ if (
 ):  # the package may not be installed when only the tests are run
     sys.path.insert(0, str(HOSTPY))
 
-from membt_host.protocol import (
+from membt_host.protocol import (  # noqa: E402  (after the sys.path line above)
     Dump,
     Group,
     Module,
@@ -31,7 +32,7 @@ from membt_host.protocol import (
     module_fields,
     stack_fields,
 )
-from membt_host.symbolize import Frame, Symbolizer, read_elf
+from membt_host.symbolize import Frame, Symbolizer, read_elf  # noqa: E402
 
 LEAF_C = r"""
 #include <execinfo.h>
@@ -98,6 +99,7 @@ int main(void)
 
 CFLAGS = ["-g", "-O1", "-funwind-tables", "-fno-omit-frame-pointer"]
 ARMHF_ROOT = Path("/usr/arm-linux-gnueabihf")
+AARCH64_ROOT = Path("/usr/aarch64-linux-gnu")
 
 
 def line_of(source: str, marker: str) -> int:
@@ -191,7 +193,7 @@ def need(tool: str, why: str) -> None:
         pytest.skip(f"{tool} is not installed: needed {why}")
 
 
-@pytest.fixture(scope="module", params=["x86_64", "armhf"])
+@pytest.fixture(scope="module", params=["x86_64", "armhf", "aarch64"])
 def board(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Board:
@@ -199,6 +201,13 @@ def board(
     if request.param == "x86_64":
         need("gcc", "to build the native test program")
         return build_board("x86_64", "gcc", [], workdir)
+    if request.param == "aarch64":
+        need("aarch64-linux-gnu-gcc", "to build the aarch64 test program (gcc-aarch64-linux-gnu)")
+        need("qemu-aarch64", "to run the aarch64 test program (qemu-user)")
+        need("aarch64-linux-gnu-addr2line", "to symbolize aarch64 code (binutils-aarch64-linux-gnu)")
+        return build_board(
+            "aarch64", "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", str(AARCH64_ROOT)], workdir
+        )
     need(
         "arm-linux-gnueabihf-gcc",
         "to build the armhf test program (gcc-arm-linux-gnueabihf)",
@@ -413,7 +422,7 @@ def test_no_addr2line_installed_is_one_clear_problem(
     symbolizer = Symbolizer([Path("/")])
     stack = symbolizer.symbolize(board.dump())[7]
     assert all(f.function is None for f in stack.frames)
-    machine = "ARM" if board.name == "armhf" else "X86_64"
+    machine = {"armhf": "ARM", "aarch64": "AARCH64"}.get(board.name, "X86_64")
     said = [
         p
         for p in symbolizer.problems
@@ -428,7 +437,7 @@ def test_one_addr2line_run_per_module_and_answers_cached(
     log = tmp_path / "runs.log"
     real = (
         shutil.which(strip_tool(board, "addr2line"))
-        if board.name == "armhf"
+        if board.name != "x86_64"
         else shutil.which("addr2line")
     )
     wrapper = tmp_path / "addr2line-counting"
@@ -485,7 +494,7 @@ def test_cli_replay_reports_symbolized_frames(board: Board, tmp_path: Path) -> N
     lines.append(encode_record(1, len(lines), "E", counts))
     capture, report = tmp_path / "console.log", tmp_path / "report.json"
     capture.write_bytes(b"".join(lines))
-    sysroot = "/usr/arm-linux-gnueabihf" if board.name == "armhf" else "/"
+    sysroot = {"armhf": str(ARMHF_ROOT), "aarch64": str(AARCH64_ROOT)}.get(board.name, "/")
     env = {**os.environ, "PYTHONPATH": str(HOSTPY)}
     done = subprocess.run(
         [

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* Hooks run before AddressSanitizer has set up its shadow memory (its own dlsym calls come here
@@ -52,6 +53,8 @@ static struct {
     void *(*aligned_alloc)(size_t, size_t);
     void *(*memalign)(size_t, size_t);
     char *(*realpath)(const char *, char *);
+    int (*munmap)(void *, size_t);
+    int (*dlclose)(void *);
 } mbt_real;
 static int mbt_resolved;
 
@@ -103,6 +106,8 @@ MBT_NO_ASAN static void mbt_resolve(void)
     mbt_real.aligned_alloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "aligned_alloc");
     mbt_real.memalign = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "memalign");
     mbt_real.realpath = (char *(*)(const char *, char *))dlsym(RTLD_NEXT, "realpath");
+    mbt_real.munmap = (int (*)(void *, size_t))dlsym(RTLD_NEXT, "munmap");
+    mbt_real.dlclose = (int (*)(void *))dlsym(RTLD_NEXT, "dlclose");
     mbt_in_recorder--;
     __atomic_store_n(&mbt_resolved, 1, __ATOMIC_RELEASE);
 }
@@ -167,6 +172,21 @@ MBT_NO_ASAN static char *mbt_libc_realpath(const char *path, char *out)
     return NULL;
 }
 
+MBT_NO_ASAN static int mbt_libc_munmap(void *addr, size_t len)
+{
+    if (MBT_LIBC(munmap))
+        return mbt_real.munmap(addr, len);
+    return (int)syscall(SYS_munmap, addr, len); /* inside dlsym, before the real one is known */
+}
+
+MBT_NO_ASAN static int mbt_libc_dlclose(void *handle)
+{
+    if (MBT_LIBC(dlclose))
+        return mbt_real.dlclose(handle);
+    errno = ENOSYS;
+    return -1;
+}
+
 #else /* MBT_HOOKS_WRAP */
 
 void *__real_malloc(size_t n);
@@ -177,6 +197,8 @@ int __real_posix_memalign(void **out, size_t align, size_t n);
 void *__real_aligned_alloc(size_t align, size_t n);
 void *__real_memalign(size_t align, size_t n);
 char *__real_realpath(const char *path, char *out);
+int __real_munmap(void *addr, size_t len);
+int __real_dlclose(void *handle);
 
 MBT_NO_ASAN static inline int mbt_in_pool(const void *p) { (void)p; return 0; }
 MBT_NO_ASAN static inline size_t mbt_pool_size(const void *p) { (void)p; return 0; }
@@ -189,6 +211,8 @@ MBT_NO_ASAN static inline void mbt_ensure(void) {}
 #define mbt_libc_aligned_alloc __real_aligned_alloc
 #define mbt_libc_memalign __real_memalign
 #define mbt_libc_realpath __real_realpath
+#define mbt_libc_munmap __real_munmap
+#define mbt_libc_dlclose __real_dlclose
 
 #endif
 
@@ -438,6 +462,24 @@ MBT_NO_ASAN MBT_EXPORT char *MBT_HOOK(realpath)(const char *path, char *resolved
     }
     memcpy(p, buf, n);
     return p;
+}
+
+/* Code or a stack may leave the address space, and other code or a smaller stack come at its
+ * address: the capture cache must not trust what it learned before (threads.c). glibc's own
+ * unmapping (large free()d blocks, thread stacks it drops) does not come through here; neither
+ * allocates nor records, so no guard. */
+MBT_NO_ASAN MBT_EXPORT int MBT_HOOK(munmap)(void *addr, size_t len)
+{
+    int rc = mbt_libc_munmap(addr, len);
+    mbt_threads_forget();
+    return rc;
+}
+
+MBT_NO_ASAN MBT_EXPORT int MBT_HOOK(dlclose)(void *handle)
+{
+    int rc = mbt_libc_dlclose(handle);
+    mbt_threads_forget();
+    return rc;
 }
 
 /* ---- start ---- */

@@ -246,6 +246,7 @@ struct mbt_thread_totals {
 void mbt_threads_totals(struct mbt_thread_totals *t); /* the per-thread counters summed */
 uint64_t mbt_threads_used_bytes(void);
 void mbt_threads_after_fork(void); /* child: only the forking thread keeps its record */
+void mbt_threads_forget(void);     /* code or a stack may have been unmapped: learn anew */
 void mbt_threads_unload(void);     /* library unloading: no thread-exit callback into it */
 
 /* ---- modules.c: loaded objects that frames fall into ---- */

@@ -30,10 +30,18 @@
  * Reading the slots: they were stack words of this thread at this very stack pointer when the
  * unwinder read them, and a thread's own stack stays mapped while it runs (a record is wiped when
  * a new thread takes it). A program that runs on stacks of its own (coroutines) and unmaps one,
- * then maps a smaller one at the same address and calls the same allocation site at the same
- * depth, could make a read go past the new stack's end; the thread's stack bounds are not asked
+ * then maps a smaller one at the same address, would make a read go past the new stack's end:
+ * every munmap() and dlclose() of the program (hooks.c) starts a new generation, and layouts of an
+ * older one are never read (dlclose also because other code, with other frame sizes, may come at
+ * the old return addresses). glibc's own unmapping does not pass there: a thread stack it frees
+ * and maps again smaller at the same address stays a hole. The thread's stack bounds are not asked
  * for (pthread_getattr_np allocates while holding the thread's lock: asking from inside an
  * allocation it makes deadlocks).
+ *
+ * Found by an adversarial review and fixed (0 mismatches under VERIFY since): frames realigned
+ * through DRAP (their CFA is a stack word: pinned), aarch64 stacks ended by a saved x30 of 0
+ * (pinned), different code at the same address after dlclose, and entries of one key matching
+ * another's after the 16-bit layout version wrapped (fingerprints are seeded by key and version).
  *
  * A thread takes a free record on its first allocation and gives it back at exit (pthread key
  * destructor); when all are taken it captures without a cache and counts in the shared counters.
@@ -53,12 +61,15 @@
 
 struct mbt_thread {
     uint32_t owner; /* 0 free, 1 taken */
-    uint32_t round; /* replacement cursor for layouts; capture count for entries */
+    uint32_t round; /* use count: the entries' least recently used */
+    uint32_t evict; /* replacement cursor for layouts */
     mbt_counter truncated, hits, misses, verified, mismatches; /* cumulative over owners */
 };
 
 struct mbt_layout {
     uintptr_t caller, cfa; /* the key; caller 0: empty */
+    uint64_t seed;         /* of its entries' fingerprints: the key and the version */
+    uint32_t gen;          /* mbt_code_gen when learned: an older one is empty */
     uint16_t version;      /* entries of an older version belong to an evicted layout */
     uint8_t nframes, truncated, end, nslots;
     int32_t off[]; /* nslots offsets from cfa; room for MBT_LAYOUT_SLOTS(depth) */
@@ -80,6 +91,10 @@ static unsigned mbt_nrecords;
 static size_t mbt_record_size, mbt_layout_size, mbt_layouts_at, mbt_entries_at;
 static unsigned mbt_layout_slots;
 static unsigned mbt_gen = 1; /* a new set of records at every start */
+/* Bumped when code or a stack may have left the address space (dlclose, munmap: hooks.c). What a
+ * layout learned there may no longer hold - other code with other frame sizes, or a smaller stack
+ * whose slots are not mapped - so layouts of an older generation are never read again. */
+static unsigned mbt_code_gen;
 static int mbt_caching;      /* MEMBT_UNWIND=cached */
 static pthread_key_t mbt_key;
 static int mbt_key_made;
@@ -179,6 +194,8 @@ static inline struct mbt_thread *mbt_thread_get(void)
     return mbt_thread_take(gen);
 }
 
+void mbt_threads_forget(void) { __atomic_add_fetch(&mbt_code_gen, 1, __ATOMIC_RELEASE); }
+
 /* ---- the cache ---- */
 
 static inline uint64_t mbt_key_hash(uintptr_t caller, uintptr_t cfa)
@@ -232,11 +249,12 @@ static inline __attribute__((always_inline)) uint32_t mbt_cache_find(struct mbt_
                                                                       uintptr_t cfa, int *truncated)
 {
     unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS;
+    unsigned gen = __atomic_load_n(&mbt_code_gen, __ATOMIC_ACQUIRE);
     for (unsigned w = 0; w < MBT_WAYS; w++) {
         const struct mbt_layout *l = mbt_layout_at(t, set + w);
-        if (l->caller != caller || l->cfa != cfa)
+        if (l->caller != caller || l->cfa != cfa || l->gen != gen)
             continue;
-        uint64_t h = mbt_slots_print(l, set + w);
+        uint64_t h = mbt_slots_print(l, l->seed);
         struct mbt_entry *e = mbt_entries(t) + (h >> 32) % MBT_ENTRY_BUCKETS * MBT_BUCKET;
         for (unsigned i = 0; i < MBT_BUCKET; i++, e++) {
             if (!mbt_entry_of(e, h, set + w, l->version))
@@ -254,10 +272,10 @@ __attribute__((no_sanitize_address)) static inline uintptr_t mbt_slot_word(const
     return *(const uintptr_t *)(l->cfa + l->off[k]);
 }
 
-static int mbt_layout_same(const struct mbt_layout *l, uintptr_t caller, uintptr_t cfa, unsigned nframes,
+static int mbt_layout_same(const struct mbt_layout *l, uintptr_t caller, uintptr_t cfa, unsigned gen, unsigned nframes,
                            int truncated, const struct mbt_learned *m)
 {
-    return l->caller == caller && l->cfa == cfa && l->nframes == nframes && l->truncated == truncated &&
+    return l->caller == caller && l->cfa == cfa && l->gen == gen && l->nframes == nframes && l->truncated == truncated &&
            l->end == m->end && l->nslots == m->nslots && !memcmp(l->off, m->off, m->nslots * sizeof *m->off);
 }
 
@@ -266,20 +284,25 @@ static void mbt_cache_add(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa,
 {
     if (m->nslots > mbt_layout_slots)
         return; /* more pinned slots than a layout has room for: not cached */
-    unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS, way = MBT_WAYS;
+    uint64_t key = mbt_key_hash(caller, cfa);
+    unsigned set = (unsigned)(key >> 32) % MBT_LAYOUT_SETS * MBT_WAYS, way = MBT_WAYS;
+    unsigned gen = __atomic_load_n(&mbt_code_gen, __ATOMIC_ACQUIRE);
     for (unsigned w = 0; w < MBT_WAYS && way == MBT_WAYS; w++)
-        if (mbt_layout_same(mbt_layout_at(t, set + w), caller, cfa, nframes, truncated, m))
+        if (mbt_layout_same(mbt_layout_at(t, set + w), caller, cfa, gen, nframes, truncated, m))
             way = w;
-    if (way == MBT_WAYS) { /* a new layout: an empty way, else the next in turn */
+    if (way == MBT_WAYS) { /* a new layout: an empty (or outdated) way, else the next in turn */
         for (unsigned w = 0; w < MBT_WAYS && way == MBT_WAYS; w++)
-            if (!mbt_layout_at(t, set + w)->caller)
+            if (!mbt_layout_at(t, set + w)->caller || mbt_layout_at(t, set + w)->gen != gen)
                 way = w;
         if (way == MBT_WAYS)
-            way = t->round++ % MBT_WAYS;
+            way = t->evict++ % MBT_WAYS;
         struct mbt_layout *l = mbt_layout_at(t, set + way);
         l->caller = caller;
         l->cfa = cfa;
+        l->gen = gen;
         l->version++;
+        /* entries learned through another key can never match, whatever the version's wrap */
+        l->seed = key ^ ((uint64_t)l->version << 47 | l->version);
         l->nframes = (uint8_t)nframes;
         l->truncated = (uint8_t)truncated;
         l->end = (uint8_t)m->end;
@@ -294,7 +317,7 @@ static void mbt_cache_add(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa,
     if ((l->end == MBT_END_ZERO && mbt_slot_word(l, nframes - 1u) != 0) ||
         (l->end == MBT_END_MORE && mbt_slot_word(l, nframes - 1u) == 0))
         return;
-    uint64_t h = mbt_slots_print(l, set + way);
+    uint64_t h = mbt_slots_print(l, l->seed);
     /* an empty entry, else one of an evicted layout version, else the least recently used */
     struct mbt_entry *bucket = mbt_entries(t) + (h >> 32) % MBT_ENTRY_BUCKETS * MBT_BUCKET, *e = NULL;
     for (unsigned i = 0; i < MBT_BUCKET && !e; i++)

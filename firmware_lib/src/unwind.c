@@ -332,10 +332,17 @@ __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned d
 /* Where the frame between CFAs lo and hi saved return address ip: 0 when it is not there.
  * x86_64: the call pushed it just below the CFA. aarch64: the prologue stored x30 somewhere in
  * the frame; it must be there exactly once, or the slot is not trusted. */
-__attribute__((no_sanitize_address)) static uintptr_t mbt_ra_slot(uintptr_t lo, uintptr_t hi, uintptr_t ip)
+__attribute__((no_sanitize_address)) static uintptr_t mbt_ra_slot(uintptr_t lo, uintptr_t hi, uintptr_t ip, uintptr_t fp)
 {
     if (hi <= lo || hi - lo < sizeof(uintptr_t) || (hi & (sizeof(uintptr_t) - 1)))
         return 0;
+#if defined(__aarch64__)
+    /* the frame record x29 points at: {caller's x29, x30}; a stale copy elsewhere does not matter */
+    if (fp >= lo && fp + 2 * sizeof(uintptr_t) <= hi && !(fp & 7) && *(const uintptr_t *)(fp + 8) == ip)
+        return fp + 8;
+#else
+    (void)fp;
+#endif
 #if defined(__x86_64__)
     uintptr_t slot = hi - sizeof(uintptr_t);
     return *(const uintptr_t *)slot == ip ? slot : 0;
@@ -382,6 +389,16 @@ __attribute__((no_sanitize_address)) static int mbt_pin_fp(struct mbt_learned *l
         return 1; /* not a pointer into its own frame: the CFA rule is the stack pointer's */
     uintptr_t saved = (uintptr_t)site->frame;
     int found = 0;
+#if defined(__x86_64__)
+    /* A DRAP-realigned frame (gcc: over-aligned locals with stack arguments or alloca) reads its
+     * CFA from the stack (*(rbp - 8) or a few words below, after the callee-saved pushes), a word
+     * whose distance from rbp depends on the alignment of the caller's stack pointer: pin that
+     * word too, or its caller's frames may lie elsewhere. */
+    if (hi != fp + 2 * sizeof(uintptr_t))
+        for (uintptr_t a = fp - sizeof(uintptr_t); a >= lo && a + 8 * sizeof(uintptr_t) >= fp; a -= sizeof(uintptr_t))
+            if (*(const uintptr_t *)a == hi && !mbt_add_slot(l, a, base))
+                return 0;
+#endif
     if (!(saved & (sizeof(uintptr_t) - 1)) && saved < base && *(const uintptr_t *)saved == fp) {
         if (!mbt_add_slot(l, saved, base))
             return 0;
@@ -411,7 +428,7 @@ __attribute__((no_sanitize_address)) static int mbt_learn(const struct mbt_uw_wa
     /* cfa[skip + k] is the CFA of the frame frame k called: frame k spans cfa[skip + k] ..
      * cfa[skip + k + 1], and frame k + 1's return address is saved there */
     for (unsigned k = 1; k < nframes + more; k++)
-        if (!mbt_add_slot(l, mbt_ra_slot(cfa[skip + k - 1], cfa[skip + k], ip[skip + k]), base))
+        if (!mbt_add_slot(l, mbt_ra_slot(cfa[skip + k - 1], cfa[skip + k], ip[skip + k], fp[skip + k - 1]), base))
             return 0;
     if (more) {
         l->end = MBT_END_MORE;
@@ -421,6 +438,16 @@ __attribute__((no_sanitize_address)) static int mbt_learn(const struct mbt_uw_wa
         return 0;
     } else {
         l->end = MBT_END_NONE; /* aarch64: the entry points mark x30 undefined */
+#if defined(__aarch64__)
+        /* a frame entered with x30 = 0 saved that 0 in its frame record: pin it */
+        uintptr_t lastfp = fp[skip + nframes - 1], rec = lastfp + sizeof(uintptr_t);
+        if (lastfp >= cfa[skip + nframes - 1] && lastfp < w->stop_cfa && !(lastfp & 7) &&
+            *(const uintptr_t *)rec == 0) {
+            if (!mbt_add_slot(l, rec, base))
+                return 0;
+            l->end = MBT_END_ZERO;
+        }
+#endif
 #if defined(__x86_64__)
         /* Return address 0: read from the stack, or "undefined" in the CFI (thread and process
          * entry). Read as 0 from the slot, that slot must stay 0; else the CFI ended it. */

@@ -15,7 +15,7 @@ import pytest
 API = {"membt_config_init", "membt_init", "membt_record", "membt_unrecord", "membt_dump", "membt_get_stats",
        "membt_shutdown", "init_bt", "record_bt", "unrecord_bt"}
 HOOKS = {"malloc", "calloc", "realloc", "reallocarray", "free", "posix_memalign", "aligned_alloc", "memalign",
-         "valloc", "pvalloc", "strdup", "strndup", "asprintf", "vasprintf", "realpath"}
+         "valloc", "pvalloc", "strdup", "strndup", "asprintf", "vasprintf", "realpath", "munmap", "dlclose"}
 # musl's crti.o gives a shared object the ELF init/fini entry points as dynamic symbols
 LINKER = {"_init", "_fini"}
 QUIET = {"MEMBT_QUIET": "1"}

@@ -1,7 +1,10 @@
 """MEMBT_UNWIND=cached, the per-thread capture cache of firmware_lib/src/threads.c, on cache-sample:
 its allocations come through many call stacks, at stack depths that change (VLAs, alloca, two frames
 whose sizes move by opposite amounts so the hook's stack pointer repeats), from threads that come
-and go. What the cache reports must be what the plain unwinder reports for the same run."""
+and go. What the cache reports must be what the plain unwinder reports for the same run.
+
+cache-stress (firmware_lib/examples/cache_stress/) sets the traps an adversarial review found, one
+case per run; before the fixes in threads.c each made VERIFY count mismatches, crashed, or never hit."""
 
 from __future__ import annotations
 
@@ -19,12 +22,17 @@ OPERATIONS, WORKERS = "20000", "2"       # per thread; the main thread and a lat
 SAMPLE_STACKS = 3 * 16 * 4
 # only the exit dump, every stack with a live block listed
 EXIT_DUMP = {"MEMBT_INTERVAL": "0", "MEMBT_TOP": "1000", "MEMBT_OUTPUT": "stdout", "MEMBT_LEAK_AGE": "0"}
+# cache-stress's cases; rounds where it takes them
+STRESS_CASES = ["realigned", "zero-return", "smaller-stack", "plugin-swap", "chain"]
+STRESS_ROUNDS = 4000
+STRESS_ENV = {**EXIT_DUMP, "MEMBT_UNWIND": "cached", "MEMBT_UNWIND_VERIFY": "1", "MEMBT_DEPTH": "16"}
 BANNER = re.compile(rb"^membt: \S+ recording \(unwind=(\w+),", re.MULTILINE)
 
 Frame = tuple[str, int]                  # (module path, offset in it): the same in every run, ASLR or not
 StackKey = tuple[bool, tuple[Frame, ...]]  # (cut at the depth, frames)
 
 _runs: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Any, Dump]] = {}
+_stress_runs: dict[tuple[str, str], Dump] = {}
 
 
 def exit_dump(target: Any, parse_wire: Any, env: dict[str, str]) -> tuple[Any, Dump]:
@@ -42,6 +50,26 @@ def exit_dump(target: Any, parse_wire: Any, env: dict[str, str]) -> tuple[Any, D
         assert len(dump.groups) == dump.counters["groups"], dump.counters
         _runs[key] = (run, dump)
     return _runs[key]
+
+
+def stress_dump(target: Any, parse_wire: Any, case: str) -> Dump:
+    """The exit dump of one cache-stress case under MEMBT_UNWIND=cached with VERIFY; runs once per target."""
+    key = (target.name, case)
+    if key not in _stress_runs:
+        if case == "plugin-swap":
+            args = [str(target.build / "lib" / "cache-stress")]
+        elif case == "smaller-stack":
+            args = []
+        else:
+            args = [str(STRESS_ROUNDS)]
+        run = target.run([target.bin("cache-stress"), case, *args], STRESS_ENV, preload=True, timeout=300)
+        # exit 2: the case could not set its trap up (it says why); a signal: the recorder crashed
+        assert run.returncode == 0, run.describe()
+        assert f"cache-stress {case} done".encode() in run.stdout, run.describe()
+        dumps = [dump for dump in parse_wire(run.stdout) if dump.complete and dump.begin["reason"] == "exit"]
+        assert len(dumps) == 1, run.describe()
+        _stress_runs[key] = dumps[0]
+    return _stress_runs[key]
 
 
 def live_by_stack(dump: Dump) -> dict[StackKey, tuple[int, int]]:
@@ -139,6 +167,29 @@ def test_default_backend_reports_what_the_unwinder_does(any_target: Any, parse_w
     _, reference = exit_dump(any_target, parse_wire, {"MEMBT_UNWIND": "unwind", "MEMBT_DEPTH": DEPTHS[0]})
     expected, got = live_by_stack(reference), live_by_stack(default)
     assert got == expected, differences(any_target, reference, expected, got)
+
+
+@pytest.mark.parametrize("case", STRESS_CASES)
+@pytest.mark.parametrize("any_target", CACHING, indirect=True)
+def test_stress_case_runs_and_every_hit_matches_a_fresh_capture(any_target: Any, parse_wire: Any, case: str) -> None:
+    """realigned: x86_64 DRAP frames, whose CFA is a stack word (was: mismatches). zero-return: an
+    aarch64 coroutine entered with x30 = 0 or from a trampoline at the same sp (was: mismatches).
+    smaller-stack: a smaller stack mapped where a deep one was (was: SIGSEGV). plugin-swap: other
+    code at a dlclosed plugin's address (was: mismatches). On aarch64 nothing hit at all before."""
+    if case == "plugin-swap" and any_target.emulated:
+        pytest.skip("qemu-user maps the second plugin elsewhere, not at the first one's freed address")
+    counters = cache_counters(stress_dump(any_target, parse_wire, case))
+    assert counters.get("unwind_cache_hits", 0) > 0, counters
+    assert counters["unwind_verified"] == counters["unwind_cache_hits"], counters
+    assert counters["unwind_mismatches"] == 0, counters
+
+
+@pytest.mark.parametrize("any_target", CACHING, indirect=True)
+def test_a_repeated_call_stack_hits_the_cache_nearly_every_time(any_target: Any, parse_wire: Any) -> None:
+    """aarch64 code calling malloc through a lazily bound PLT left copies of its return addresses
+    in the frame, and the cache learned nothing from it (0 hits of 4000)."""
+    counters = cache_counters(stress_dump(any_target, parse_wire, "chain"))
+    assert counters.get("unwind_cache_hits", 0) >= STRESS_ROUNDS * 99 // 100, counters
 
 
 @pytest.mark.parametrize("any_target", REFUSING, indirect=True)

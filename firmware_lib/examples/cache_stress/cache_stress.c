@@ -138,14 +138,15 @@ static int case_realigned(unsigned long rounds)
 void enter_zero(void *top, step_fn fn, int n);
 /* sp = top, call fn(n) from a trampoline without unwind info (and frame pointer 0) */
 void enter_call(void *top, step_fn fn, int n);
+/* Hidden global symbols: as local labels, the aarch64 link (binutils 2.40) gave both one GOT
+ * entry, and the program called enter_zero under both names. */
+#define TRAMPOLINE(name) ".globl " name "\n.hidden " name "\n.type " name ", %function\n" name ":\n"
 #if defined(__x86_64__)
-__asm__(".text\n"
-        "enter_zero:\n mov %rdi, %rsp\n pushq $0\n mov %edx, %edi\n xor %ebp, %ebp\n jmp *%rsi\n"
-        "enter_call:\n mov %rdi, %rsp\n mov %edx, %edi\n xor %ebp, %ebp\n call *%rsi\n ud2\n");
+__asm__(".text\n" TRAMPOLINE("enter_zero") " mov %rdi, %rsp\n pushq $0\n mov %edx, %edi\n xor %ebp, %ebp\n jmp *%rsi\n"
+        TRAMPOLINE("enter_call") " mov %rdi, %rsp\n mov %edx, %edi\n xor %ebp, %ebp\n call *%rsi\n ud2\n");
 #else
-__asm__(".text\n"
-        "enter_zero:\n mov sp, x0\n mov x29, xzr\n mov x30, xzr\n mov x3, x1\n mov w0, w2\n br x3\n"
-        "enter_call:\n mov sp, x0\n mov x29, xzr\n mov x3, x1\n mov w0, w2\n blr x3\n brk #0\n");
+__asm__(".text\n" TRAMPOLINE("enter_zero") " mov sp, x0\n mov x29, xzr\n mov x30, xzr\n mov x3, x1\n mov w0, w2\n br x3\n"
+        TRAMPOLINE("enter_call") " mov sp, x0\n mov x29, xzr\n mov x3, x1\n mov w0, w2\n blr x3\n brk #0\n");
 #endif
 
 /* a coroutine's entry function returns to its caller's stack with longjmp */

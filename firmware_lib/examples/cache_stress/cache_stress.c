@@ -7,13 +7,13 @@
 #define _GNU_SOURCE
 #include <alloca.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <pthread.h>
 
 #define NOINLINE __attribute__((noinline, noclone))
 /* the trampolines here and plugin.c's frames are written for these two: the capture cache's */
@@ -43,26 +43,6 @@ NOINLINE void descend(int n)
 {
     steps[n > 0](n - 1);
     KEEP_FRAME();
-}
-
-static volatile uintptr_t probed;
-
-NOINLINE static void probe(int n)
-{
-    (void)n;
-    probed = (uintptr_t)__builtin_frame_address(0);
-}
-
-/* bytes one level of descend takes: the cases line frames up with it */
-static size_t descend_frame(void)
-{
-    step_fn leaf = steps[0];
-    steps[0] = probe;
-    descend(1);
-    uintptr_t deeper = probed;
-    descend(0);
-    steps[0] = leaf;
-    return probed - deeper;
 }
 
 /* ---- realigned: x86_64 frames realigned through a DRAP register ---- */
@@ -132,8 +112,28 @@ static int case_realigned(unsigned long rounds)
     return 0;
 }
 
-/* ---- coroutines: code entered on a stack of its own ---- */
 #if defined(HAVE_ASM)
+static volatile uintptr_t probed;
+
+NOINLINE static void probe(int n)
+{
+    (void)n;
+    probed = (uintptr_t)__builtin_frame_address(0);
+}
+
+/* bytes one level of descend takes: the cases line frames up with it */
+static size_t descend_frame(void)
+{
+    step_fn leaf = steps[0];
+    steps[0] = probe;
+    descend(1);
+    uintptr_t deeper = probed;
+    descend(0);
+    steps[0] = leaf;
+    return probed - deeper;
+}
+
+/* ---- coroutines: code entered on a stack of its own ---- */
 /* sp = top, return address 0 (the usual end of a backtrace), jump to fn(n) */
 void enter_zero(void *top, step_fn fn, int n);
 /* sp = top, call fn(n) from a trampoline without unwind info (and frame pointer 0) */
@@ -219,7 +219,6 @@ static int case_smaller_stack(void)
     munmap(base, small + guard);
     return 0;
 }
-#endif
 
 /* ---- plugin-swap: other code at the same address after dlclose ---- */
 /* Plugin A (frame 32) is unloaded and B (frame 48) loaded where A was. Called one level of
@@ -261,11 +260,6 @@ static void *swap_plugins(void *arg)
 
 static int case_plugin_swap(const char *dir)
 {
-#if !defined(HAVE_ASM)
-    (void)dir;
-    fprintf(stderr, "cache-stress: plugin-swap: the plugins' frames are hand-made for x86_64 and aarch64 only\n");
-    return 2;
-#else
     char path_a[4096], path_b[4096];
     snprintf(path_a, sizeof path_a, "%s/plugin-32.so", dir);
     snprintf(path_b, sizeof path_b, "%s/plugin-48.so", dir);
@@ -305,8 +299,8 @@ static int case_plugin_swap(const char *dir)
     }
     dlclose(swap.handle);
     return 0;
-#endif
 }
+#endif /* HAVE_ASM */
 
 /* ---- chain: a plain call chain, one call stack ---- */
 /* aarch64 code bound lazily left copies of return addresses around its frames: no stack was ever
@@ -347,13 +341,13 @@ int main(int argc, char **argv)
         rc = case_realigned(rounds);
     } else if (!strcmp(name, "chain")) {
         rc = case_chain(rounds);
-    } else if (!strcmp(name, "plugin-swap") && argc > 2) {
-        rc = case_plugin_swap(argv[2]);
-    } else if (!strcmp(name, "zero-return") || !strcmp(name, "smaller-stack")) {
+    } else if (!strcmp(name, "zero-return") || !strcmp(name, "smaller-stack") ||
+               (!strcmp(name, "plugin-swap") && argc > 2)) {
 #if defined(HAVE_ASM)
-        rc = name[0] == 'z' ? case_zero_return(rounds) : case_smaller_stack();
+        rc = name[0] == 'z' ? case_zero_return(rounds) : name[0] == 's' ? case_smaller_stack()
+                                                                      : case_plugin_swap(argv[2]);
 #else
-        fprintf(stderr, "cache-stress: %s: coroutine entry is written for x86_64 and aarch64 only\n", name);
+        fprintf(stderr, "cache-stress: %s: its assembly is written for x86_64 and aarch64 only\n", name);
         rc = 2;
 #endif
     } else {

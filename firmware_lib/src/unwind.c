@@ -330,8 +330,9 @@ __attribute__((noinline)) unsigned mbt_unwind_capture(uintptr_t *out, unsigned d
 
 #ifdef MBT_HAVE_CACHE
 /* Where the frame between CFAs lo and hi saved return address ip: 0 when it is not there.
- * x86_64: the call pushed it just below the CFA. aarch64: the prologue stored x30 somewhere in
- * the frame; it must be there exactly once, or the slot is not trusted. */
+ * x86_64: the call pushed it just below the CFA. aarch64: the prologue stored x30 in the frame
+ * record fp points at ({caller's x29, x30}); in a frame without one, somewhere in the frame, and
+ * it must be there exactly once, or the slot is not trusted. */
 __attribute__((no_sanitize_address)) static uintptr_t mbt_ra_slot(uintptr_t lo, uintptr_t hi, uintptr_t ip, uintptr_t fp)
 {
     if (hi <= lo || hi - lo < sizeof(uintptr_t) || (hi & (sizeof(uintptr_t) - 1)))

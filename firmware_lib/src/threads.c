@@ -204,6 +204,9 @@ static inline uint64_t mbt_key_hash(uintptr_t caller, uintptr_t cfa)
     return h ^ (h >> 31);
 }
 
+/* The first of the MBT_WAYS layouts a key may be in. */
+static inline unsigned mbt_set_of(uint64_t key) { return (unsigned)(key >> 32) % MBT_LAYOUT_SETS * MBT_WAYS; }
+
 /* The 128-bit product folded to 64 bits (wyhash's "mum"). 32-bit builds never cache (unwind.c
  * refuses MEMBT_UNWIND=cached there): their stand-in only has to compile. */
 static inline uint64_t mbt_mum(uint64_t x, uint64_t y)
@@ -248,7 +251,7 @@ static inline int mbt_entry_of(const struct mbt_entry *e, uint64_t print, unsign
 static inline __attribute__((always_inline)) uint32_t mbt_cache_find(struct mbt_thread *t, uintptr_t caller,
                                                                       uintptr_t cfa, int *truncated)
 {
-    unsigned set = (unsigned)(mbt_key_hash(caller, cfa) >> 32) % MBT_LAYOUT_SETS * MBT_WAYS;
+    unsigned set = mbt_set_of(mbt_key_hash(caller, cfa));
     unsigned gen = __atomic_load_n(&mbt_code_gen, __ATOMIC_ACQUIRE);
     for (unsigned w = 0; w < MBT_WAYS; w++) {
         const struct mbt_layout *l = mbt_layout_at(t, set + w);
@@ -285,7 +288,7 @@ static void mbt_cache_add(struct mbt_thread *t, uintptr_t caller, uintptr_t cfa,
     if (m->nslots > mbt_layout_slots)
         return; /* more pinned slots than a layout has room for: not cached */
     uint64_t key = mbt_key_hash(caller, cfa);
-    unsigned set = (unsigned)(key >> 32) % MBT_LAYOUT_SETS * MBT_WAYS, way = MBT_WAYS;
+    unsigned set = mbt_set_of(key), way = MBT_WAYS;
     unsigned gen = __atomic_load_n(&mbt_code_gen, __ATOMIC_ACQUIRE);
     for (unsigned w = 0; w < MBT_WAYS && way == MBT_WAYS; w++)
         if (mbt_layout_same(mbt_layout_at(t, set + w), caller, cfa, gen, nframes, truncated, m))

@@ -120,3 +120,17 @@ def test_reports_of_nothing_read():
     assert json.loads(render(JsonReporter.from_analysis(summary)))["suspects"] == []
     assert "No complete dump was read" in render(HtmlReporter.from_analysis(summary))
     assert "no complete dump was read" in render(TextReporter.from_analysis(summary))
+
+
+BIDI_ATTACK = "leak\u202egnp.exe\u2066x\u200b\u2028y"
+
+
+def test_bidi_and_format_characters_are_spelled_out_in_text_and_html():
+    analysis = Analysis()
+    for i in range(1, 4):
+        analysis.add(*dump(i, i * 1000, {"leak": (i, i * 64, i, i * 64)}, thread=BIDI_ATTACK))
+    summary = analysis.summary({}, [f"module {BIDI_ATTACK}: stripped"])
+    for page in (render(TextReporter.from_analysis(summary)), render(HtmlReporter.from_analysis(summary))):
+        for char in "\u202e\u2066\u200b\u2028":
+            assert char not in page, hex(ord(char))
+        assert "leak\\u202egnp.exe\\u2066x\\u200b\\u2028y" in page

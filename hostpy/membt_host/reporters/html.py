@@ -9,6 +9,7 @@ from typing import TextIO
 from membt_host import __version__
 from membt_host.analysis import GROWING, MAYBE_LEAK, STABLE, TRANSIENT, DumpTotals, Summary, Suspect
 from membt_host.reporters import human_bytes, human_rate, plural
+from membt_host.safe_text import visible
 
 CHART_W, CHART_H, PAD_L, PAD_B, PAD_T, PAD_R = 420, 120, 64, 22, 8, 8
 CLASS_COLOURS = {GROWING: "#c0392b", STABLE: "#2471a3", TRANSIENT: "#7f8c8d", MAYBE_LEAK: "#d68910"}
@@ -30,7 +31,7 @@ svg text{font:10px system-ui,sans-serif;fill:#555}
 
 
 def esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(visible(str(text)), quote=True)
 
 
 def chart(points: list[tuple[float, float]], colour: str, label: str, span_t: tuple[float, float] | None = None) -> str:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import TextIO
 
 from membt_host.analysis import Summary, Suspect
 from membt_host.reporters import human_bytes, human_rate, plural
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text: str) -> str:
-    """Board text must not drive the terminal (escape sequences in a thread name or path)."""
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+from membt_host.safe_text import terminal_safe
 
 
 class TextReporter:

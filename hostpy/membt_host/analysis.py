@@ -18,11 +18,15 @@ GROWING, STABLE, TRANSIENT, MAYBE_LEAK = "growing", "stable", "transient", "mayb
 MIN_TREND_POINTS = 3  # fewer complete dumps than this tell no trend
 MAX_DISCORDANT = 0.25  # a rising series may fall back between this share of its pairs of points
 TREND_SAMPLE = 64  # points of a tail compared pairwise
-MAX_POINTS = 4096  # per series; older halves are thinned beyond this (sessions last days)
-MAX_MESSAGES = 200
+# Memory stays bounded over a session of days, whatever the boards send:
+MAX_POINTS = 1024  # per series; older halves are thinned beyond this
+MAX_TOTAL_POINTS = 250_000  # over all series (a few tens of MB); the longest are thinned beyond this
+MAX_SUSPECTS = 2000  # call stacks followed; those gone longest are forgotten beyond this (counted)
+MAX_THREADS = 32  # thread names kept per call stack; the rest are counted
+MAX_MESSAGES = 200  # the latest problems kept; earlier ones are counted
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per call stack and dump, the bulk of the memory
 class Point:
     t: float  # seconds on the session's timeline (see Analysis._timeline)
     live_bytes: int
@@ -32,7 +36,7 @@ class Point:
     process: int  # index of the program run the point belongs to
 
 
-@dataclass
+@dataclass(slots=True)
 class DumpTotals:
     number: int
     pid: int | None
@@ -59,6 +63,7 @@ class Suspect:
     truncated: bool
     series: list[Point] = field(default_factory=list)
     threads: set[str] = field(default_factory=set)
+    more_threads: int = 0  # names seen beyond MAX_THREADS
     dumps_seen: int = 0
     oldest_age_ms: int = 0  # at its latest appearance
     first_seen: float = 0.0
@@ -70,6 +75,21 @@ class Suspect:
     @property
     def latest(self) -> Point:
         return self.series[-1]
+
+    def add_thread(self, name: str) -> None:
+        if name in self.threads:
+            return
+        if len(self.threads) < MAX_THREADS:
+            self.threads.add(name)
+        else:
+            self.more_threads += 1
+
+    def thread_names(self) -> list[str]:
+        """The thread names, sorted, and how many more were not kept."""
+        names = sorted(self.threads)
+        if self.more_threads:
+            names.append(f"(and {self.more_threads} more)")
+        return names
 
     def current_run(self) -> list[Point]:
         """The points of the program run in which the suspect was last seen."""
@@ -136,10 +156,13 @@ def is_rising(run: list[Point]) -> bool:
     return rises([p.live_bytes for p in tail]) and rises([p.old_bytes for p in tail])
 
 
-def _thin(series: list[Point]) -> None:
-    """Halve the density of the older half so a series stays within MAX_POINTS."""
+def _thin(series: list[Point]) -> int:
+    """Halve the density of the older half so a series stays within MAX_POINTS; returns how many
+    points went."""
     half = len(series) // 2
+    before = len(series)
     series[:half] = series[:half:2]
+    return before - len(series)
 
 
 @dataclass
@@ -173,6 +196,9 @@ class Analysis:
         self.incomplete_dumps = 0
         self.unfinished_dumps = 0
         self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
+        self.messages_dropped = 0  # older messages that did not fit in `messages`
+        self.forgotten_suspects = 0  # call stacks dropped beyond MAX_SUSPECTS
+        self._points = 0  # in all series
         self._processes: dict[int | None, tuple[int, float, float]] = {}  # pid -> (index, offset, last up)
         self._process_count = 0
         self._now = 0.0  # the latest time on the timeline
@@ -180,7 +206,8 @@ class Analysis:
     def add(self, dump: Dump, stacks: dict[int, SymStack]) -> None:
         if not dump.complete:
             self.incomplete_dumps += 1
-            self.messages.extend(dump.problems)
+            for problem in dump.problems:
+                self._message(problem)
             return
         self.complete_dumps += 1
         process, t = self._timeline(dump)
@@ -224,19 +251,52 @@ class Analysis:
             suspect.dumps_seen += 1
             suspect.last_seen = t
             suspect.oldest_age_ms = max(g.oldest_age_ms for g in groups)
-            suspect.threads.update(g.thread or "-" for g in groups)
+            for g in groups:
+                suspect.add_thread(g.thread or "-")
             suspect.truncated = suspect.truncated or stack.truncated
         if len(dump.groups) >= int(dump.end.get("groups_total", 0)):
             # every stack with live blocks was listed: the others of this run hold nothing now
             for key, suspect in self.suspects.items():
                 if key not in merged and suspect.series and suspect.latest.process == process:
                     self._append(suspect, Point(t, 0, 0, 0, 0, process))
+        if len(self.suspects) > MAX_SUSPECTS:
+            self._forget(keep=merged.keys())
+        if self._points > MAX_TOTAL_POINTS:
+            self._thin_all()
 
-    @staticmethod
-    def _append(suspect: Suspect, point: Point) -> None:
+    def _append(self, suspect: Suspect, point: Point) -> None:
         suspect.series.append(point)
+        self._points += 1
         if len(suspect.series) > MAX_POINTS:
-            _thin(suspect.series)
+            self._points -= _thin(suspect.series)
+
+    def _forget(self, keep: object) -> None:
+        """Too many call stacks (a board whose stacks keep changing): forget those that hold
+        nothing now and were seen longest ago, then the smallest, down to 3/4 of MAX_SUSPECTS."""
+        candidates = [s for k, s in self.suspects.items() if k not in keep]  # type: ignore[operator]
+        candidates.sort(key=lambda s: (s.latest.live_bytes > 0, s.latest.old_bytes, s.last_seen, s.latest.live_bytes))
+        for suspect in candidates[: len(self.suspects) - MAX_SUSPECTS * 3 // 4]:
+            del self.suspects[suspect.key]
+            self._points -= len(suspect.series)
+            self.forgotten_suspects += 1
+
+    def _thin_all(self) -> None:
+        """All series together hold too many points: thin the longest until a quarter is free."""
+        by_length = sorted(self.suspects.values(), key=lambda s: len(s.series), reverse=True)
+        for suspect in by_length:
+            if self._points <= MAX_TOTAL_POINTS * 3 // 4 or len(suspect.series) < 2 * TREND_SAMPLE:
+                break
+            self._points -= _thin(suspect.series)
+        else:
+            return
+        if self._points > MAX_TOTAL_POINTS * 3 // 4:  # every series is short now: shorten them all again
+            for suspect in by_length:
+                self._points -= _thin(suspect.series)
+
+    def _message(self, text: str) -> None:
+        if len(self.messages) == self.messages.maxlen:
+            self.messages_dropped += 1
+        self.messages.append(text)
 
     def _timeline(self, dump: Dump) -> tuple[int, float]:
         """Each program run keeps its own clock (up_ms); a new run (new pid, or a clock that went
@@ -258,7 +318,7 @@ class Analysis:
     def add_unfinished(self, dump: Dump) -> None:
         """A dump still being received when reading stopped: not damage, but said."""
         self.unfinished_dumps += 1
-        self.messages.append(f"{dump.label()}: reading stopped before its end record; not used")
+        self._message(f"{dump.label()}: reading stopped before its end record; not used")
 
     def summary(self, parser_stats: dict[str, int], symbol_problems: list[str]) -> Summary:
         return Summary(
@@ -271,10 +331,22 @@ class Analysis:
                 noise_lines=parser_stats.get("noise_lines", 0),
                 incomplete_dumps=self.incomplete_dumps,
                 unfinished_dumps=self.unfinished_dumps,
-                messages=list(self.messages),
+                messages=self._counted_messages(),
                 symbols=list(symbol_problems),
             ),
         )
+
+    def _counted_messages(self) -> list[str]:
+        """The kept messages, after a line for each kind of thing that was only counted."""
+        counted = []
+        if self.forgotten_suspects:
+            counted.append(
+                f"{self.forgotten_suspects} call stacks no longer followed (more than {MAX_SUSPECTS} seen; "
+                "those that held nothing for longest went first)"
+            )
+        if self.messages_dropped:
+            counted.append(f"and {self.messages_dropped} earlier problems (only the latest {MAX_MESSAGES} are kept)")
+        return counted + list(self.messages)
 
     def ranked(self) -> list[Suspect]:
         """Growing first (fastest first), then the rest by old bytes, then live bytes."""

@@ -6,15 +6,30 @@ out. Nothing the board (or a noisy cable) sends can make it raise or grow withou
 
 from __future__ import annotations
 
+import contextlib
 import re
 import zlib
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
 MARKER = b"@MBT "
 VERSION = 1
 MAX_LINE = 4096  # a record longer than this is corrupt (protocol.md, "Lines")
-MAX_DUMP_LINES = 100_000  # a dump that never ends must not hold memory forever
+
+# What one dump may hold: the recorder cannot write more (protocol.md, "Limits"); a dump beyond
+# them is refused, so that one dump costs the host a bounded amount of memory and time.
+MAX_MODULES = 256  # dump.c MBT_MODULES_MAX
+MAX_GROUPS = 1000  # mbt_internal.h MBT_TOP_MAX: the largest MEMBT_TOP
+MAX_STACKS = MAX_GROUPS  # one S record per listed group at most
+MAX_FRAMES = 64  # membt.h MEMBT_MAX_DEPTH
+MAX_DUMP_LINES = 2 + MAX_MODULES + MAX_STACKS + MAX_GROUPS + 1  # B, C, M..., S and G..., E
+MAX_BUILD_ID = 64  # hex digits (modules.c keeps 32 bytes of the note)
+MAX_PATH = 1024  # bytes of a path before escaping (dump.c MBT_PATH_MAX_IN)
+MAX_THREAD = 15  # bytes of a thread name (MBT_THREAD_NAME less its NUL)
+MAX_PROBLEMS = 20  # problems kept per dump; the rest are counted
+U32, U64 = 1 << 32, 1 << 64  # exclusive upper bounds of the recorder's unsigned fields
+_MAX_DIGITS = len(str(U64 - 1))  # no field of the recorder has more decimal digits
 NOISE_KEEP = 200  # console lines kept for context
 NOISE_CHARS = 512  # of a console line that is too long, this much is kept
 KNOWN_ADDRESS_BYTES = 1 << 20  # S address text kept with its numbers across dumps (a few MB in all)
@@ -41,8 +56,47 @@ _RECORD = re.compile(
 _ADDRESSES = re.compile(rb"[0-9a-f]+(?: [0-9a-f]+)*\Z")
 _CRC_FIELD = len(" *01234567")
 
-_BEGIN_INT_KEYS = frozenset({"pid", "up_ms", "leak_age_ms", "interval_ms", "depth", "top", "ptr_bits"})
-_BEGIN_TEXT_KEYS = frozenset({"reason", "exe"})
+# Known keys and the values the recorder can write for them (as range(lo, hi)): anything else is
+# corrupt. Keys a reader does not know are tolerated whatever their value (protocol.md).
+_BEGIN_INT_KEYS: dict[str, range] = {
+    "pid": range(1, 1 << 31),  # a pid_t
+    "up_ms": range(U64),
+    "leak_age_ms": range(U32),
+    "interval_ms": range(U32),
+    "depth": range(1, MAX_FRAMES + 1),
+    "top": range(1, MAX_GROUPS + 1),
+    "ptr_bits": range(32, 65, 32),  # 32 or 64
+}
+_BEGIN_TEXT_KEYS = {"reason": 64, "exe": MAX_PATH}  # longest text in bytes
+_COUNTER_KEYS = frozenset(
+    {
+        "live_blocks",
+        "live_bytes",
+        "old_blocks",
+        "old_bytes",
+        "stacks",
+        "groups",
+        "block_cap",
+        "stack_cap",
+        "dropped_blocks",
+        "dropped_stacks",
+        "truncated_stacks",
+        "unknown_frees",
+        "budget_used",
+        "budget_total",
+        "unwind_cache_hits",
+        "unwind_cache_misses",
+        "unwind_verified",
+        "unwind_mismatches",
+    }
+)
+_END_KEYS: dict[str, range] = {
+    "lines": range(3, MAX_DUMP_LINES + 1),
+    "modules": range(MAX_MODULES + 1),
+    "stacks": range(MAX_STACKS + 1),
+    "groups": range(MAX_GROUPS + 1),
+    "groups_total": range(U64),
+}
 
 
 @dataclass(slots=True)  # slots: smaller and cheaper for the garbage collector to scan
@@ -84,16 +138,21 @@ class Dump:
     groups: list[Group] = field(default_factory=list)
     end: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    _by_address: list[Module] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def pid(self) -> int | None:
         return self.begin.get("pid")
 
     def module_of(self, addr: int) -> Module | None:
-        """The module whose run-time range holds addr (ranges come from the M records)."""
-        for module in self.modules.values():
-            if module.lo <= addr < module.hi:
-                return module
+        """The module whose run-time range holds addr (ranges come from the M records; a complete
+        dump's do not overlap). A binary search: a dump may list hundreds of modules."""
+        by_address = self._by_address
+        if len(by_address) != len(self.modules):
+            by_address[:] = sorted(self.modules.values(), key=lambda m: (m.lo, m.hi))
+        i = bisect_right(by_address, addr, key=lambda m: m.lo) - 1
+        if i >= 0 and addr < by_address[i].hi:
+            return by_address[i]
         return None
 
     def label(self) -> str:
@@ -115,11 +174,17 @@ def escape_text(text: str | bytes) -> str:
     return "".join(chr(b) if 0x21 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in raw)
 
 
-def unescape_text(raw: bytes) -> str:
-    """Decode an escaped text field; "-" (empty or unknown) becomes ""."""
-    if not _TEXT.match(raw):
+def unescape_text(raw: bytes, max_bytes: int = MAX_LINE) -> str:
+    """Decode an escaped text field; "-" (empty or unknown) becomes "". A text longer than the
+    recorder writes (max_bytes before escaping) is corrupt."""
+    if not _TEXT.match(raw) or _text_bytes(raw) > max_bytes:
         raise _Corrupt("bad text field")
     return _decode_text(raw)
+
+
+def _text_bytes(raw: bytes) -> int:
+    """How many bytes an escaped text field stands for."""
+    return len(raw) - 2 * raw.count(b"%")
 
 
 def _decode_text(raw: bytes) -> str:
@@ -166,15 +231,21 @@ def group_fields(group: Group) -> list[str]:
     ]
 
 
-def _dec(raw: bytes) -> int:
-    if not raw.isdigit():  # bytes.isdigit: ASCII digits only, False when empty
-        raise _Corrupt("not a decimal number")
-    return int(raw)
+def _dec(raw: bytes, limit: range = range(U64)) -> int:
+    """A decimal field whose value the recorder can write (`limit`); the digits are counted before
+    converting, so a field of thousands of digits costs nothing."""
+    if not raw.isdigit() or len(raw) > _MAX_DIGITS:  # bytes.isdigit: ASCII digits only, False when empty
+        raise _Corrupt("not a decimal number the recorder writes")
+    value = int(raw)
+    if value not in limit:
+        raise _Corrupt("number out of range")
+    return value
 
 
-def _hex(raw: bytes) -> int:
-    if not raw or raw.translate(None, _HEX_DIGITS):  # anything left is not lower-case hex
-        raise _Corrupt("not a hex number")
+def _hex(raw: bytes, bits: int = 64) -> int:
+    """A hex field that fits `bits` (addresses fit the pointer size)."""
+    if not raw or len(raw) > bits // 4 or raw.translate(None, _HEX_DIGITS):  # anything left is not hex
+        raise _Corrupt("not a hex number the recorder writes")
     return int(raw, 16)
 
 
@@ -188,45 +259,59 @@ def _pairs(fields: list[bytes]) -> list[tuple[str, bytes]]:
     return pairs
 
 
-def _int_pairs(fields: list[bytes]) -> dict[str, int]:
-    return {key: _dec(value) for key, value in _pairs(fields)}
+def _counts(fields: list[bytes], known: dict[str, range] | frozenset[str]) -> dict[str, int]:
+    """C and E: known keys must hold a number the recorder writes; a key this reader does not know
+    is kept when its value is such a number and ignored otherwise (newer recorders add keys)."""
+    counts: dict[str, int] = {}
+    for key, value in _pairs(fields):
+        if key in known:
+            counts[key] = _dec(value, known[key] if isinstance(known, dict) else range(U64))
+        else:
+            with contextlib.suppress(_Corrupt):
+                counts[key] = _dec(value)
+    return counts
 
 
 def _begin(fields: list[bytes]) -> dict:
     begin: dict = {}
     for key, value in _pairs(fields):
         if key in _BEGIN_INT_KEYS:
-            begin[key] = _dec(value)
+            begin[key] = _dec(value, _BEGIN_INT_KEYS[key])
         elif key in _BEGIN_TEXT_KEYS:
-            begin[key] = unescape_text(value)
-        # other keys belong to a later revision of version 1: ignored (protocol.md)
+            begin[key] = unescape_text(value, _BEGIN_TEXT_KEYS[key])
+        # other keys belong to a later revision of version 1: ignored, whatever their value (protocol.md)
     return begin
 
 
-def _module(fields: list[bytes]) -> Module:
+def _module(fields: list[bytes], bits: int) -> Module:
     if len(fields) != 6:
         raise _Corrupt("M wants 6 fields")
     build_id = None if fields[4] == b"-" else fields[4]
-    if build_id is not None and not _HEX.match(build_id):
+    if build_id is not None and (not _HEX.match(build_id) or len(build_id) > MAX_BUILD_ID or len(build_id) % 2):
         raise _Corrupt("bad build-id")
-    return Module(
-        id=_dec(fields[0]),
-        load_bias=_hex(fields[1]),
-        lo=_hex(fields[2]),
-        hi=_hex(fields[3]),
+    module = Module(
+        id=_dec(fields[0], range(1, MAX_MODULES + 1)),
+        load_bias=_hex(fields[1], bits),
+        lo=_hex(fields[2], bits),
+        hi=_hex(fields[3], bits),
         build_id=build_id.decode("ascii") if build_id is not None else None,
-        path=unescape_text(fields[5]),
+        path=unescape_text(fields[5], MAX_PATH),
     )
+    if module.lo > module.hi:
+        raise _Corrupt("module range ends before it starts")
+    return module
 
 
-def _payload(tag: str, fields: list[bytes]) -> object:
+def _payload(tag: str, fields: list[bytes], bits: int) -> object:
     """The payload of a record that _RECORD's S and G branches did not take."""
     if tag == "B":
         return _begin(fields)
-    if tag in ("C", "E"):
-        return _int_pairs(fields)
+    if tag == "C":
+        return _counts(fields, _COUNTER_KEYS)
+    if tag == "E":
+        return _counts(fields, _END_KEYS)
     if tag == "M":
-        return _module(fields)
+        return _module(fields, bits)
     if tag in ("S", "G"):
         raise _Corrupt(f"bad {tag} record")  # a valid one matches its own branch of _RECORD
     return None  # a record type this reader does not know: it still counts as a line
@@ -254,6 +339,8 @@ class Parser:
         self._next_seq = 0
         self._counts = {"lines": 0, "modules": 0, "stacks": 0, "groups": 0}
         self._corrupt_at_open = 0
+        self._more_problems = 0  # of the open dump, beyond MAX_PROBLEMS
+        self._ignoring: int | None = None  # a dump refused for its size: the rest of its lines go
         # dumps are self-contained, so each lists its stacks again: address text -> numbers, kept
         self._known_addresses: dict[bytes, tuple[int, ...]] = {}
         self._known_address_bytes = 0
@@ -376,25 +463,27 @@ class Parser:
         if int(crc, 16) != zlib.crc32(line[start : end - _CRC_FIELD]):
             self.stats["corrupt_lines"] += 1
             return
-        dump_no, seq = int(dump_text), int(seq_text)
         payload: object
         try:
+            dump_no, seq = _dec(dump_text), _dec(seq_text, range(MAX_DUMP_LINES))
+            bits = self._pointer_bits(dump_no)
             if s_addrs is not None:
-                tag, payload = "S", Stack(int(s_stack_id), b"t" in s_flags, self._addresses(s_addrs))
+                tag = "S"
+                payload = Stack(_dec(s_stack_id, range(1, U32)), b"t" in s_flags, self._addresses(s_addrs, bits))
             elif g_thread is not None:
                 tag = "G"
                 payload = Group(
-                    int(g_stack_id),
-                    int(g_live_blocks),
-                    int(g_live_bytes),
-                    int(g_old_blocks),
-                    int(g_old_bytes),
-                    int(g_oldest_age_ms),
-                    _decode_text(g_thread),
+                    _dec(g_stack_id, range(U32)),
+                    _dec(g_live_blocks),
+                    _dec(g_live_bytes),
+                    _dec(g_old_blocks),
+                    _dec(g_old_bytes),
+                    _dec(g_oldest_age_ms, range(U32)),
+                    unescape_text(g_thread, MAX_THREAD),
                 )
             else:
                 tag = tag_text.decode("ascii")
-                payload = _payload(tag, fields.split(b" ")[1:])
+                payload = _payload(tag, fields.split(b" ")[1:], bits)
             if (seq == 0) != (tag == "B"):
                 raise _Corrupt("B is line 0 and only B")
         except (_Corrupt, ValueError):
@@ -403,18 +492,31 @@ class Parser:
         self.stats["record_lines"] += 1
         self._on_record(dump_no, seq, tag, payload, closed)
 
-    def _addresses(self, text: bytes) -> list[int]:
-        """The numbers of an S record's address field (innermost first; none for "0")."""
+    def _pointer_bits(self, dump_no: int) -> int:
+        """The pointer size of the dump a line belongs to (64 until its B record said otherwise)."""
+        dump = self._open
+        if dump is not None and dump.number == dump_no:
+            return dump.begin.get("ptr_bits", 64)
+        return 64
+
+    def _addresses(self, text: bytes, bits: int) -> list[int]:
+        """The numbers of an S record's address field (innermost first; none for "0"): at most
+        MAX_FRAMES of them, each fitting the pointer size."""
         numbers = self._known_addresses.get(text)
         if numbers is None:
             if not _ADDRESSES.match(text):
                 raise _Corrupt("bad address")
-            numbers = tuple([int(a, 16) for a in text.split()])
+            words = text.split()
+            if len(words) > MAX_FRAMES or max(map(len, words)) > 16:
+                raise _Corrupt("more frames than the recorder keeps, or an address wider than 64 bits")
+            numbers = tuple([int(a, 16) for a in words])
             self._known_address_bytes += len(text)
             if self._known_address_bytes > KNOWN_ADDRESS_BYTES:
                 self._known_addresses.clear()
                 self._known_address_bytes = len(text)
             self._known_addresses[text] = numbers
+        if bits < 64 and max(numbers) >> bits:
+            raise _Corrupt("address wider than the pointer size")
         return [] if numbers == (0,) else list(numbers)
 
     def _refuse(self, record: bytes) -> None:
@@ -428,10 +530,14 @@ class Parser:
 
     def _on_record(self, dump_no: int, seq: int, tag: str, payload: object, closed: list[Dump]) -> None:
         if tag == "B":
+            self._ignoring = None
             if self._open is not None:
                 closed.append(self._finish(f"no end record (cut off by the begin of dump {dump_no})"))
             self._start(Dump(number=dump_no, begin=payload), next_seq=1)  # type: ignore[arg-type]
             return
+        if self._ignoring == dump_no:
+            return
+        self._ignoring = None
         dump = self._open
         if dump is None or dump.number != dump_no:
             if dump is not None:
@@ -461,29 +567,45 @@ class Parser:
             dump.end = payload  # type: ignore[assignment]
             closed.append(self._finish(None))
             return
-        if counts["lines"] > MAX_DUMP_LINES:
-            closed.append(self._finish(f"no end record after {MAX_DUMP_LINES} lines; dropped the rest"))
+        for what, limit in (
+            ("lines", MAX_DUMP_LINES),
+            ("modules", MAX_MODULES),
+            ("stacks", MAX_STACKS),
+            ("groups", MAX_GROUPS),
+        ):
+            if counts[what] > limit:
+                why = f"more than {limit} {what}, more than the recorder writes; the rest of the dump is ignored"
+                closed.append(self._finish(why))
+                self._ignoring = dump_no
+                return
 
     def _start(self, dump: Dump, next_seq: int) -> None:
         self._open = dump
         self._next_seq = next_seq
         self._counts = {"lines": 1 if next_seq == 1 else 0, "modules": 0, "stacks": 0, "groups": 0}
         self._corrupt_at_open = self.stats["corrupt_lines"]
+        self._more_problems = 0
+
+    def _problem(self, dump: Dump, text: str) -> None:
+        """One problem of the open dump; beyond MAX_PROBLEMS they are only counted."""
+        if len(dump.problems) < MAX_PROBLEMS:
+            dump.problems.append(f"{dump.label()}: {text}")
+        else:
+            self._more_problems += 1
 
     def _note_gap(self, dump: Dump, seq: int) -> None:
         if seq < self._next_seq:
-            dump.problems.append(f"{dump.label()}: line {seq} repeated or out of order")
+            self._problem(dump, f"line {seq} repeated or out of order")
             return
         lost = self.stats["corrupt_lines"] - self._corrupt_at_open
         why = f" ({lost} corrupt line{'s' if lost != 1 else ''} seen meanwhile)" if lost else ""
         first, last = self._next_seq, seq - 1
         span = f"line {first}" if first == last else f"lines {first}..{last}"
-        dump.problems.append(f"{dump.label()}: {span} missing{why}")
+        self._problem(dump, f"{span} missing{why}")
 
-    @staticmethod
-    def _add_unique(dump: Dump, table: dict, item: Module | Stack, what: str) -> None:
+    def _add_unique(self, dump: Dump, table: dict, item: Module | Stack, what: str) -> None:
         if item.id in table:
-            dump.problems.append(f"{dump.label()}: {what} {item.id} listed twice")
+            self._problem(dump, f"{what} {item.id} listed twice")
         table[item.id] = item
 
     def _finish(self, missing_end: str | None) -> Dump:
@@ -491,12 +613,19 @@ class Parser:
         assert dump is not None
         self._open = None
         if missing_end is not None:
-            dump.problems.append(f"{dump.label()}: {missing_end}")
+            self._problem(dump, missing_end)
         else:
             self._check_end(dump)
         for group in dump.groups:
             if group.stack_id != 0 and group.stack_id not in dump.stacks:
-                dump.problems.append(f"{dump.label()}: group refers to stack {group.stack_id}, which the dump lacks")
+                self._problem(dump, f"group refers to stack {group.stack_id}, which the dump lacks")
+        by_address = sorted(dump.modules.values(), key=lambda m: (m.lo, m.hi))
+        for before, after in zip(by_address, by_address[1:], strict=False):
+            if after.lo < before.hi:
+                self._problem(dump, f"modules {before.id} and {after.id} overlap")
+        if self._more_problems:
+            dump.problems.append(f"{dump.label()}: and {self._more_problems} more problems")
+            self._more_problems = 0
         dump.complete = not dump.problems
         self.stats["complete_dumps" if dump.complete else "incomplete_dumps"] += 1
         return dump
@@ -505,6 +634,6 @@ class Parser:
         for key, seen in self._counts.items():
             said = dump.end.get(key)
             if said is None:
-                dump.problems.append(f"{dump.label()}: end record lacks {key}=")
+                self._problem(dump, f"end record lacks {key}=")
             elif said != seen:
-                dump.problems.append(f"{dump.label()}: end record says {key}={said}, {seen} seen")
+                self._problem(dump, f"end record says {key}={said}, {seen} seen")

@@ -9,6 +9,7 @@ from membt_host.protocol import Dump, Parser
 
 def dump_to_json(dump: Dump) -> dict:
     data = dataclasses.asdict(dump)
+    data.pop("_by_address")  # module_of's index, not part of the record
     # JSON object keys are strings; ids keep their order of appearance
     data["modules"] = {str(k): v for k, v in data["modules"].items()}
     data["stacks"] = {str(k): v for k, v in data["stacks"].items()}

@@ -136,7 +136,7 @@ class HtmlReporter:
                 f"{plural(p.old_blocks, 'block')}, {human_bytes(p.old_bytes)} (oldest {s.oldest_age_ms / 1000:.1f} s)",
             ),
             ("seen in", plural(s.dumps_seen, "dump")),
-            ("threads", ", ".join(sorted(s.threads)) or "-"),
+            ("threads", ", ".join(s.thread_names()) or "-"),
         ]
         fact_rows = "".join(f'<tr><th>{esc(k)}</th><td class="num">{esc(v)}</td></tr>' for k, v in facts)
         series = [(pt.t, pt.live_bytes) for pt in s.series]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from typing import Any, TextIO
 
@@ -39,7 +40,7 @@ def suspect_json(rank: int, suspect: Suspect) -> dict[str, Any]:
         "dumps_seen": suspect.dumps_seen,
         "first_seen_s": suspect.first_seen,
         "last_seen_s": suspect.last_seen,
-        "threads": sorted(suspect.threads),
+        "threads": suspect.thread_names(),
         "truncated": suspect.truncated,
         "key": [[module, f"{offset:#x}"] for module, offset in suspect.key],
         "frames": [frame_json(f) for f in suspect.frames],
@@ -69,5 +70,17 @@ class JsonReporter:
         )
 
     def render(self, out: TextIO) -> None:
-        json.dump(self.document, out, indent=1, ensure_ascii=True)
+        # strict JSON: a number JSON cannot hold (inf, nan) is written as null, never as Infinity
+        json.dump(_strict(self.document), out, indent=1, ensure_ascii=True, allow_nan=False)
         out.write("\n")
+
+
+def _strict(value: Any) -> Any:
+    """value with every float that is not finite replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value

@@ -63,7 +63,7 @@ class TextReporter:
     @staticmethod
     def _suspect(rank: int, s: Suspect, max_frames: int) -> list[str]:
         p = s.latest
-        threads = ", ".join(sorted(s.threads)) or "-"
+        threads = ", ".join(s.thread_names()) or "-"
         lines = [
             f" #{rank:<2} {s.klass.upper():<10} {human_rate(s.growth_bytes_per_min):>14}   "
             f"live {plural(p.live_blocks, 'block')} {human_bytes(p.live_bytes)}, "

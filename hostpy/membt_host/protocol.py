@@ -53,6 +53,8 @@ _RECORD = re.compile(
     rb") \*([0-9a-f]{8})",
     re.DOTALL,  # "." is any byte
 )
+_COUNTED = {"M": "modules", "S": "stacks", "G": "groups"}  # records the E record counts
+_DUMP_LIMITS = {"lines": MAX_DUMP_LINES, "modules": MAX_MODULES, "stacks": MAX_STACKS, "groups": MAX_GROUPS}
 _ADDRESSES = re.compile(rb"[0-9a-f]+(?: [0-9a-f]+)*\Z")
 _CRC_FIELD = len(" *01234567")
 
@@ -552,32 +554,26 @@ class Parser:
             self._next_seq = max(self._next_seq, seq + 1)
         counts = self._counts
         counts["lines"] += 1
+        kind = _COUNTED.get(tag)
+        if kind is not None:
+            counts[kind] += 1
+        for what in ("lines", kind):
+            if what is not None and counts[what] > _DUMP_LIMITS[what]:
+                limit = _DUMP_LIMITS[what]
+                closed.append(self._finish(f"more than {limit} {what}, more than the recorder writes; rest ignored"))
+                self._ignoring = dump_no
+                return
         if tag == "S":
-            counts["stacks"] += 1
             self._add_unique(dump, dump.stacks, payload, "stack")  # type: ignore[arg-type]
         elif tag == "G":
-            counts["groups"] += 1
             dump.groups.append(payload)  # type: ignore[arg-type]
         elif tag == "C":
             dump.counters = payload  # type: ignore[assignment]
         elif tag == "M":
-            counts["modules"] += 1
             self._add_unique(dump, dump.modules, payload, "module")  # type: ignore[arg-type]
         elif tag == "E":
             dump.end = payload  # type: ignore[assignment]
             closed.append(self._finish(None))
-            return
-        for what, limit in (
-            ("lines", MAX_DUMP_LINES),
-            ("modules", MAX_MODULES),
-            ("stacks", MAX_STACKS),
-            ("groups", MAX_GROUPS),
-        ):
-            if counts[what] > limit:
-                why = f"more than {limit} {what}, more than the recorder writes; the rest of the dump is ignored"
-                closed.append(self._finish(why))
-                self._ignoring = dump_no
-                return
 
     def _start(self, dump: Dump, next_seq: int) -> None:
         self._open = dump

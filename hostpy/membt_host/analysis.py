@@ -337,16 +337,17 @@ class Analysis:
         )
 
     def _counted_messages(self) -> list[str]:
-        """The kept messages, after a line for each kind of thing that was only counted."""
+        """The kept messages, then a line for each kind of thing that was only counted (last, so that
+        a view of the latest messages shows them)."""
         counted = []
+        if self.messages_dropped:
+            counted.append(f"and {self.messages_dropped} earlier problems (only the latest {MAX_MESSAGES} are kept)")
         if self.forgotten_suspects:
             counted.append(
                 f"{self.forgotten_suspects} call stacks no longer followed (more than {MAX_SUSPECTS} seen; "
                 "those that held nothing for longest went first)"
             )
-        if self.messages_dropped:
-            counted.append(f"and {self.messages_dropped} earlier problems (only the latest {MAX_MESSAGES} are kept)")
-        return counted + list(self.messages)
+        return list(self.messages) + counted
 
     def ranked(self) -> list[Suspect]:
         """Growing first (fastest first), then the rest by old bytes, then live bytes."""

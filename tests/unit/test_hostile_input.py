@@ -366,7 +366,7 @@ def test_thread_names_and_messages_are_capped_and_counted():
     (suspect,) = summary.suspects
     names = suspect.thread_names()
     assert len(names) == 33 and names[-1] == "(and 68 more)"
-    assert summary.problems.messages[0] == "and 100 earlier problems (only the latest 200 are kept)"
+    assert summary.problems.messages[-1] == "and 100 earlier problems (only the latest 200 are kept)"
     assert len(summary.problems.messages) == 201
 
 

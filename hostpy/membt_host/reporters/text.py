@@ -8,6 +8,8 @@ from membt_host.analysis import Summary, Suspect
 from membt_host.reporters import human_bytes, human_rate, plural
 from membt_host.safe_text import terminal_safe
 
+TEXT_MESSAGES = 10  # problems shown on the terminal; the reports written to files hold them all
+
 
 class TextReporter:
     def __init__(self, summary: Summary, top: int, live: bool) -> None:
@@ -95,5 +97,7 @@ class TextReporter:
             lines += [f"  {text}" for text in p.symbols]
         if p.messages:
             lines.append("dumps not used:")
-            lines += [f"  {text}" for text in p.messages[-10:]]
+            if len(p.messages) > TEXT_MESSAGES:
+                lines.append(f"  ({len(p.messages) - TEXT_MESSAGES} earlier ones in the JSON and HTML reports)")
+            lines += [f"  {text}" for text in p.messages[-TEXT_MESSAGES:]]
         return lines

@@ -572,3 +572,19 @@ def test_cli_hostile_capture_of_every_kind_keeps_the_good_dumps(tmp_path):
     doc = strict_json(report.read_text())
     assert doc["dumps"]["count"] == 21  # 20 good ones, and dump 103 (its text is shown harmlessly)
     assert "\x1b" not in done.stdout and "\u202e" not in done.stdout and "\u202e" not in page.read_text()
+
+
+def test_the_json_reporter_writes_null_for_what_json_cannot_hold():
+    """Whatever reaches it (here: an analysis fed directly, past the parser's ranges), the JSON report
+    is strict: a growth rate that overflowed a float is written as null, never as Infinity."""
+    analysis = Analysis()
+    for n in range(1, 6):
+        analysis.add(*synthetic_dump(n, n * 1000, {"leak": (n, n * 10**307, n, n * 10**307)}))
+    summary = analysis.summary({}, [])
+    assert summary.suspects[0].growth_bytes_per_min == float("inf")  # the analysis' arithmetic overflowed
+    out = io.StringIO()
+    JsonReporter.from_analysis(summary).render(out)
+    doc = strict_json(out.getvalue())
+    assert doc["suspects"][0]["growth_bytes_per_min"] is None
+    TextReporter.from_analysis(summary).render(io.StringIO())  # and the other two still render
+    HtmlReporter.from_analysis(summary).render(io.StringIO())

@@ -24,6 +24,7 @@ MAX_TOTAL_POINTS = 250_000  # over all series (a few tens of MB); the longest ar
 MAX_SUSPECTS = 2000  # call stacks followed; those gone longest are forgotten beyond this (counted)
 MAX_THREADS = 32  # thread names kept per call stack; the rest are counted
 MAX_MESSAGES = 200  # the latest problems kept; earlier ones are counted
+MAX_PROCESSES = 1024  # program runs whose clocks are remembered (a pid seen again after is a new run)
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per call stack and dump, the bulk of the memory
@@ -310,7 +311,10 @@ class Analysis:
             self._process_count += 1
             known = (self._process_count, self._now + gap - up, up)
         index, offset, _ = known
+        self._processes.pop(pid, None)  # most recent last: the least recent goes when there are too many
         self._processes[pid] = (index, offset, up)
+        if len(self._processes) > MAX_PROCESSES:
+            del self._processes[next(iter(self._processes))]
         t = round(offset + up, 3)
         self._now = max(self._now, t)
         return index, t

@@ -477,7 +477,8 @@ def hostile_dump(draw, number: int) -> tuple[list[bytes], bool]:
             lines[i], lines[j] = lines[j], lines[i]
         elif len(lines) > 1:
             del lines[i]
-    return lines, not v.spoiled and not moved
+    too_long = any(len(line) > 4096 + 1 for line in lines)  # a line is corrupt beyond 4096 bytes and its newline
+    return lines, not v.spoiled and not moved and not too_long
 
 
 @st.composite
@@ -588,3 +589,13 @@ def test_the_json_reporter_writes_null_for_what_json_cannot_hold():
     assert doc["suspects"][0]["growth_bytes_per_min"] is None
     TextReporter.from_analysis(summary).render(io.StringIO())  # and the other two still render
     HtmlReporter.from_analysis(summary).render(io.StringIO())
+
+
+def test_program_runs_remembered_are_bounded():
+    """A board whose every dump comes from another pid (a forking server, or a lying board)."""
+    analysis = Analysis()
+    for n in range(1, 3001):
+        analysis.add(*synthetic_dump(1, 1000, {"leak": (1, 64, 1, 64)}, pid=n))
+    assert len(analysis._processes) <= 1024
+    analysis.add(*synthetic_dump(2, 2000, {"leak": (2, 128, 2, 128)}, pid=3000))  # the latest run goes on
+    assert analysis.suspects[next(iter(analysis.suspects))].latest.process == 3000

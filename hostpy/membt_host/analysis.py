@@ -319,6 +319,12 @@ class Analysis:
         self._now = max(self._now, t)
         return index, t
 
+    def add_unusable(self, dump: Dump, why: str) -> None:
+        """A dump the session could not use (symbolizing or analysing it failed): counted with the
+        incomplete ones and said in one line, so that one dump never ends a session."""
+        self.incomplete_dumps += 1
+        self._message(f"{dump.label()}: not used ({why})")
+
     def add_unfinished(self, dump: Dump) -> None:
         """A dump still being received when reading stopped: not damage, but said."""
         self.unfinished_dumps += 1

@@ -599,3 +599,13 @@ def test_program_runs_remembered_are_bounded():
     assert len(analysis._processes) <= 1024
     analysis.add(*synthetic_dump(2, 2000, {"leak": (2, 128, 2, 128)}, pid=3000))  # the latest run goes on
     assert analysis.suspects[next(iter(analysis.suspects))].latest.process == 3000
+
+
+def test_a_dump_the_session_cannot_use_is_counted_and_said():
+    analysis = Analysis()
+    for n in range(1, 4):
+        analysis.add(*synthetic_dump(n, n * 1000, {"leak": (n, n * 64, n, n * 64)}))
+    analysis.add_unusable(synthetic_dump(4, 4000, {})[0], "addr2line failed: OSError")
+    summary = analysis.summary({}, [])
+    assert summary.complete_dumps == 3 and summary.problems.incomplete_dumps == 1
+    assert summary.problems.messages == ["dump 4 (pid 100): not used (addr2line failed: OSError)"]

@@ -252,10 +252,11 @@ def _hex(raw: bytes, bits: int = 64) -> int:
 
 
 def _pairs(fields: list[bytes]) -> list[tuple[str, bytes]]:
+    """key=value fields; the value may be anything (an empty one is refused by a known key's check)."""
     pairs = []
     for f in fields:
         key, sep, value = f.partition(b"=")
-        if not sep or not value or not _KEY.match(key):
+        if not sep or not _KEY.match(key):
             raise _Corrupt("not key=value")
         pairs.append((key.decode("ascii"), value))
     return pairs

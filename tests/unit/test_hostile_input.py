@@ -230,7 +230,7 @@ def test_largest_values_everywhere_give_finite_strict_reports():
 
 @pytest.mark.parametrize(
     "value",
-    ["-1", "1e9", "nan", "inf", "0x10", "+5", "1_000", "\uff11\uff12", "9" * 30],
+    ["", "-1", "1e9", "nan", "inf", "0x10", "+5", "1_000", "\uff11\uff12", "9" * 30],
 )
 def test_a_known_key_with_a_value_the_recorder_cannot_write_is_corrupt(value):
     data = good_session(3)
@@ -247,7 +247,7 @@ def test_a_known_key_with_a_value_the_recorder_cannot_write_is_corrupt(value):
 
 def test_unknown_counter_and_end_keys_with_any_value_leave_dumps_complete():
     """Used to make every dump incomplete, though the protocol says readers tolerate such keys."""
-    odd = ["future=abc", "ratio=0.5", "neg=-1", "huge=" + "9" * 400, "pct=%zz", "text=\x7f\xff", "inf=inf"]
+    odd = ["future=abc", "ratio=0.5", "neg=-1", "huge=" + "9" * 400, "pct=%zz", "text=\x7f\xff", "inf=inf", "empty="]
     data = b"".join(
         wire_dump(n, n * 1000, counters=[odd[n % len(odd)], "newer_count=12"], end_extra=["note=hello" + str(n)])
         for n in range(1, 11)
